@@ -1,0 +1,460 @@
+"""Reading data_prep's shards for pretraining: an exact, resumable epoch plan; dynamic masking; padding per batch.
+
+The plan (why not webdataset's ``split_by_node``): the manifest knows how many samples each shard holds, so every
+rank can compute the same plan with no communication. Each epoch, shards are shuffled (seeded by epoch) and
+concatenated; the sequence is cut into ``world_size * streams_per_rank`` equal slices, one per stream (a loader
+worker reads one stream). Every rank therefore gets exactly the same number of batches, whatever the shard sizes
+(uneven shards never hang a collective), and a shard may be split between two streams, so even a single shard feeds
+every rank. The remainder (fewer than one sample per stream, plus incomplete batches) is dropped and counted.
+
+Inside a stream, samples are shuffled in blocks of ``data.shuffle_block`` (seeded by epoch, stream and block), then
+batched and masked with a generator seeded by (seed, epoch, stream, batch): the batches are a pure function of the
+seed and the position, so resuming at batch k reproduces the uninterrupted run exactly. Resuming opens the shard
+that holds the block of batch k directly: only that one shard is read from its start.
+
+Shards are read with webdataset's tar iterators; samples are decoded by pipeline/records.py only (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import gopen
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from pipeline import records
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad or missing data: the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    url: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class DataSpec:
+    root: Path
+    manifest: dict
+    train: list[Shard]
+    val: list[Shard]
+    seq_len: int
+    vocab_size: int
+    special_ids: dict[str, int]
+    fingerprint: str
+    tokenizer_sha256: str
+    skipped_shards: list[str] = field(default_factory=list)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / self.manifest.get("tokenizer", {}).get("path", "tokenizer")
+
+
+def load_data_spec(path: str | os.PathLike) -> DataSpec:
+    root = Path(path)
+    mf = root / "manifest.json"
+    if not root.is_dir():
+        raise DataError(
+            f"data.path={path}: no such directory. Prepare shards first: python -m data_prep input=... output={path}"
+        )
+    if not mf.is_file():
+        parts = sorted(root.glob("manifest.part-*.json"))
+        hint = f" Found {len(parts)} part manifests: merge them with python -m data_prep.merge {path}" if parts else ""
+        raise DataError(f"data.path={path}: {mf} is missing; it is written by data_prep at the end of a run.{hint}")
+    try:
+        manifest = json.loads(mf.read_text())
+        tok = manifest["tokenizer"]
+        shards = [
+            Shard(s["name"], str(root / s["name"]), int(s["samples"]), int(s.get("bytes", -1)), s.get("sha256", ""))
+            for s in manifest["shards"]
+        ]
+        spec = DataSpec(
+            root=root,
+            manifest=manifest,
+            train=[s for s, raw in zip(shards, manifest["shards"]) if raw["split"] == "train"],
+            val=[s for s, raw in zip(shards, manifest["shards"]) if raw["split"] == "val"],
+            seq_len=int(manifest["seq_len"]),
+            vocab_size=int(tok["vocab_size"]),
+            special_ids={k: int(v) for k, v in tok["special_ids"].items()},
+            fingerprint=manifest.get("fingerprint", ""),
+            tokenizer_sha256=tok.get("sha256", ""),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{mf}: not a data_prep manifest ({type(e).__name__}: {e}); regenerate it with data_prep"
+        ) from e
+    for key in ("cls", "sep", "pad", "mask"):
+        if key not in spec.special_ids:
+            raise DataError(f"{mf}: tokenizer.special_ids lacks '{key}'")
+    if not spec.train:
+        raise DataError(f"{mf}: no train shards listed (the corpus may be too small; see documents.skipped)")
+    return spec
+
+
+def verify_shards(spec: DataSpec, mode: str, on_bad: str, rank: int = 0, world: int = 1, gather=None) -> list[str]:
+    """Check shards before training; returns the names of bad ones (the same list on every rank).
+
+    ``size`` checks existence and byte size on every rank (cheap); ``sha256`` hashes each shard once, split across
+    ranks, and ``gather`` (a function merging per-rank lists) shares the verdicts.
+    """
+    import hashlib
+
+    if mode not in ("none", "size", "sha256"):
+        raise DataError(f"data.verify={mode}: expected none, size or sha256")
+    bad: list[str] = []
+    if mode != "none":
+        for i, s in enumerate(spec.train + spec.val):
+            if "://" in s.url or s.url.startswith("pipe:"):
+                continue
+            p = Path(s.url)
+            if not p.is_file():
+                bad.append(f"{s.name}: missing")
+            elif s.bytes >= 0 and p.stat().st_size != s.bytes:
+                bad.append(f"{s.name}: {p.stat().st_size} bytes, manifest says {s.bytes} (truncated?)")
+            elif mode == "sha256" and i % world == rank and s.sha256:
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                if h.hexdigest() != s.sha256:
+                    bad.append(f"{s.name}: sha256 differs from the manifest")
+        if gather is not None:
+            bad = gather(bad)
+    bad = sorted(set(bad))
+    if bad and on_bad == "error":
+        raise DataError(
+            f"bad shards in {spec.root}: {'; '.join(bad)}. Re-run data_prep into the same output to redo "
+            f"them, or set data.on_bad_shard=skip to train without them."
+        )
+    names = {b.split(":")[0] for b in bad}
+    for b in bad:
+        log.warning("skipping shard %s", b)
+    spec.train = [s for s in spec.train if s.name not in names]
+    spec.val = [s for s in spec.val if s.name not in names]
+    spec.skipped_shards = sorted(names)
+    if not spec.train:
+        raise DataError(f"every train shard in {spec.root} is bad: {'; '.join(bad)}")
+    return spec.skipped_shards
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Piece:
+    shard: int  # index into the shard list
+    start: int  # first sample (inclusive) inside the shard
+    stop: int  # end (exclusive)
+
+
+def plan_epoch(sizes: list[int], n_streams: int, epoch: int, seed: int, shuffle: bool) -> tuple[list[list[Piece]], int]:
+    """Split one epoch into ``n_streams`` slices of equal sample count. Returns (pieces per stream, samples each)."""
+    order = np.random.default_rng([seed, epoch, 7]).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
+    per_stream = sum(sizes) // n_streams
+    streams: list[list[Piece]] = [[] for _ in range(n_streams)]
+    s, room = 0, per_stream
+    if per_stream == 0:
+        return streams, 0
+    for idx in order:
+        pos, size = 0, sizes[idx]
+        while pos < size and s < n_streams:
+            take = min(room, size - pos)
+            streams[s].append(Piece(int(idx), pos, pos + take))
+            pos += take
+            room -= take
+            if room == 0:
+                s, room = s + 1, per_stream
+    return streams, per_stream
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masking and collation
+
+
+class Masker:
+    """Dynamic masking (BERT: 15% of non-special tokens, 80% [MASK] / 10% random / 10% kept) and padding."""
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        mlm_probability: float,
+        max_predictions: int | None,
+        pad_multiple: int,
+        whole_word: bool,
+        continuation: np.ndarray | None = None,
+    ):
+        self.sp = spec.special_ids
+        self.vocab_size = spec.vocab_size
+        self.p = mlm_probability
+        self.max_pred = max_predictions
+        self.pad_multiple = max(1, pad_multiple)
+        self.special = np.zeros(max(spec.vocab_size, max(self.sp.values()) + 1), dtype=bool)
+        for v in self.sp.values():
+            self.special[v] = True
+        self.continuation = continuation if whole_word else None
+        if whole_word and continuation is None:
+            raise DataError("data.whole_word_masking=true needs the tokenizer's '##' continuation table")
+
+    def __call__(self, samples: list[tuple[np.ndarray, int, int]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        b = len(samples)
+        lens = np.fromiter((len(s[0]) for s in samples), dtype=np.int64, count=b)
+        width = int(-(-lens.max() // self.pad_multiple) * self.pad_multiple)
+        ids = np.full((b, width), self.sp["pad"], dtype=np.int64)
+        tt = np.zeros((b, width), dtype=np.int64)
+        for i, (x, a_len, _) in enumerate(samples):
+            ids[i, : len(x)] = x
+            tt[i, a_len + 2 : len(x)] = 1
+        am = np.arange(width)[None, :] < lens[:, None]
+        cand = am & ~self.special[ids]
+        n_cand = cand.sum(1)
+        n_mask = np.maximum(1, np.rint(n_cand * self.p).astype(np.int64))
+        if self.max_pred:
+            n_mask = np.minimum(n_mask, self.max_pred)
+        n_mask = np.minimum(n_mask, n_cand)
+        if self.continuation is None:
+            keys = rng.random((b, width))
+            keys[~cand] = 2.0
+            kth = np.take_along_axis(np.sort(keys, axis=1), np.maximum(n_mask - 1, 0)[:, None], axis=1)
+            selected = (keys <= kth) & cand & (n_mask[:, None] > 0)
+        else:
+            selected = self._whole_words(ids, cand, n_mask, rng)
+        positions = np.flatnonzero(selected)
+        labels = ids.reshape(-1)[positions].copy()
+        r = rng.random(len(positions))
+        flat = ids.reshape(-1)
+        flat[positions[r < 0.8]] = self.sp["mask"]
+        rand_pos = positions[(r >= 0.8) & (r < 0.9)]
+        flat[rand_pos] = rng.integers(0, self.vocab_size, len(rand_pos))
+        nsp = np.fromiter((s[2] for s in samples), dtype=np.int64, count=b)
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(tt),
+            "attention_mask": torch.from_numpy(am.astype(np.int64)),
+            "mlm_positions": torch.from_numpy(positions),
+            "mlm_labels": torch.from_numpy(labels),
+            "nsp_labels": torch.from_numpy(nsp),
+        }
+
+    def _whole_words(self, ids, cand, n_mask, rng) -> np.ndarray:
+        cont = self.continuation[ids] & cand
+        selected = np.zeros_like(cand)
+        for i in range(ids.shape[0]):
+            starts = np.flatnonzero(cand[i] & ~cont[i])
+            if len(starts) == 0:
+                continue
+            ends = np.append(starts[1:], ids.shape[1])
+            got = 0
+            for w in rng.permutation(len(starts)):
+                span = np.arange(starts[w], ends[w])
+                span = span[cand[i, span] & ((span == starts[w]) | cont[i, span])]
+                if got + len(span) > n_mask[i] and got > 0:
+                    continue
+                selected[i, span] = True
+                got += len(span)
+                if got >= n_mask[i]:
+                    break
+        return selected
+
+
+def continuation_table(tokenizer_dir: Path, vocab_size: int) -> np.ndarray:
+    """True for WordPiece continuation tokens ('##xx'), for whole-word masking."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    table = np.zeros(vocab_size, dtype=bool)
+    for token, idx in tok.get_vocab().items():
+        if idx < vocab_size and token.startswith("##"):
+            table[idx] = True
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streams
+
+
+def read_samples(shard: Shard, start: int, on_bad: str):
+    """Yield (ids, a_len, nsp_label) for the samples of ``shard`` from ``start`` on; ``None`` for a bad sample.
+
+    A tar that breaks off mid-way yields ``None`` for each sample it still owed (the plan's counts stay exact).
+    """
+    produced = 0
+    try:
+        stream = gopen(shard.url, "rb")
+        try:
+            for sample in group_by_keys(tar_file_expander([{"url": shard.url, "stream": stream}], eof_value=None)):
+                if produced < start:
+                    produced += 1
+                    continue
+                why = records.check_sample(sample)
+                if why is None:
+                    try:
+                        meta = records.decode_meta(sample[records.META_KEY])
+                        item = (
+                            records.decode_ids(sample[records.IDS_KEY]),
+                            int(meta["a_len"]),
+                            int(meta["next_sentence_label"]),
+                        )
+                    except (ValueError, KeyError, TypeError, OSError) as e:
+                        why, item = f"undecodable ({e})", None
+                if why is not None:
+                    if on_bad == "error":
+                        raise DataError(f"shard {shard.url}: sample {sample.get('__key__')} is bad: {why}")
+                    item = None
+                produced += 1
+                yield item
+        finally:
+            stream.close()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        if on_bad == "error":
+            raise DataError(
+                f"shard {shard.url} is unreadable after {produced} samples ({type(e).__name__}: {e}). "
+                f"Re-run data_prep into the same output, or set data.on_bad_shard=skip"
+            ) from e
+        log.warning("shard %s broke off after %d samples (%s): the rest counts as bad", shard.url, produced, e)
+    while produced < shard.samples:
+        produced += 1
+        yield None
+
+
+class PretrainStreams(IterableDataset):
+    """The batches of one rank for one epoch, from batch ``start_batch`` on, in a fixed order.
+
+    Batch k of the rank comes from the rank's stream ``k % W`` (W streams, one per loader worker) as that stream's
+    batch ``k // W``. Starting at k0, loader worker p serves stream ``(k0 + p) % W``, so the DataLoader's
+    round-robin over workers yields k0, k0+1, ... exactly.
+    """
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        masker: Masker,
+        *,
+        rank: int,
+        world: int,
+        streams_per_rank: int,
+        micro_batch: int,
+        epoch: int,
+        start_batch: int,
+        seed: int,
+        shuffle: bool,
+        shuffle_block: int,
+        on_bad: str,
+        tag: int = 0,
+    ):
+        self.shards, self.masker = shards, masker
+        self.rank, self.world, self.w = rank, world, streams_per_rank
+        self.mbs, self.epoch, self.start, self.seed = micro_batch, epoch, start_batch, seed
+        self.shuffle, self.block, self.on_bad, self.tag = shuffle, shuffle_block, on_bad, tag
+        self.pieces, self.per_stream = plan_epoch(
+            [s.samples for s in shards], world * self.w, epoch, seed + 1000 * tag, shuffle
+        )
+        self.batches_per_stream = self.per_stream // micro_batch
+        self.batches_per_epoch = self.batches_per_stream * self.w  # per rank
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start)
+
+    def _stream_batches(self, local: int, first_batch: int):
+        """Yield batches ``first_batch..`` of this rank's stream ``local``."""
+        stream = self.rank * self.w + local
+        pieces = self.pieces[stream]
+        bsz = self.block if self.shuffle and self.block > 0 else self.mbs
+        offset = first_batch * self.mbs
+        block_idx = offset // bsz
+        skip_in_block = offset - block_idx * bsz
+        cum = np.cumsum([0] + [p.stop - p.start for p in pieces])
+
+        def samples_from(pos: int):
+            i = bisect_right(cum, pos) - 1
+            while i < len(pieces):
+                p = pieces[i]
+                local_start = p.start + (pos - cum[i])
+                gen = read_samples(self.shards[p.shard], local_start, self.on_bad)
+                for _ in range(p.stop - local_start):
+                    yield next(gen)
+                gen.close()
+                i, pos = i + 1, cum[i + 1]
+
+        src = samples_from(block_idx * bsz)
+        pending: list = []  # (sample, was_bad)
+        batch_idx, pos = first_batch, block_idx * bsz
+        while batch_idx < self.batches_per_stream:
+            block = [next(src) for _ in range(min(bsz, int(cum[-1]) - pos))]
+            pos += len(block)
+            good = [x for x in block if x is not None]
+            if len(good) < len(block):
+                if not good:
+                    raise DataError(f"a block of {len(block)} samples in stream {stream} has no readable sample")
+                # A bad sample is replaced by a good one of its block, so every rank keeps its batch count.
+                fill = np.random.default_rng([self.seed, self.epoch, stream, block_idx, 99])
+                block = [(x, False) if x is not None else (good[fill.integers(len(good))], True) for x in block]
+            else:
+                block = [(x, False) for x in block]
+            if self.shuffle and self.block > 0:
+                order = np.random.default_rng([self.seed, self.tag, self.epoch, stream, block_idx]).permutation(
+                    len(block)
+                )
+                block = [block[j] for j in order]
+            if skip_in_block:
+                block, skip_in_block = block[skip_in_block:], 0
+            pending.extend(block)
+            while len(pending) >= self.mbs and batch_idx < self.batches_per_stream:
+                chunk, pending = pending[: self.mbs], pending[self.mbs :]
+                rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
+                batch = self.masker([x for x, _ in chunk], rng)
+                batch["meta"] = torch.tensor([self.epoch, stream, batch_idx, sum(b for _, b in chunk)])
+                yield batch
+                batch_idx += 1
+            block_idx += 1
+            if pos >= cum[-1] and batch_idx < self.batches_per_stream:
+                raise AssertionError(f"stream {stream} ran out at batch {batch_idx} of {self.batches_per_stream}")
+
+    def __iter__(self):
+        info = get_worker_info()
+        p, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        if n_workers == 1 and self.w > 1:
+            yield from self._round_robin()
+            return
+        if n_workers != self.w:
+            raise RuntimeError(f"{n_workers} loader workers for {self.w} streams")
+        local = (self.start + p) % self.w
+        yield from self._stream_batches(local, (self.start + p) // self.w)
+
+    def _round_robin(self):
+        gens = [self._stream_batches((self.start + p) % self.w, (self.start + p) // self.w) for p in range(self.w)]
+        while gens:
+            alive = []
+            for g in gens:
+                try:
+                    yield next(g)
+                    alive.append(g)
+                except StopIteration:
+                    pass
+            gens = alive
+
+
+def make_loader(ds: PretrainStreams, workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
+    """``workers`` must equal the dataset's streams per rank (or be 0: one process serves them all in order)."""
+    kw = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if workers > 0 else {}
+    # An explicit generator: otherwise creating the iterator draws from the global torch RNG, which drives dropout,
+    # and a resumed run (which creates its iterator at another time) would draw different dropout masks.
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=gen, **kw)

@@ -1,0 +1,290 @@
+"""The one wrapper around DeepSpeed: process group, generated DeepSpeed config, train step, eval step, save, load.
+
+No other module imports ``deepspeed``. The model stays a plain ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from launch.distenv import DistEnv, export
+from pipeline.config import EngineConfig, OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A bad combination of settings, reported before any process group or model is built."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int
+    accumulation: int
+    world_size: int
+
+
+def plan_batch(global_batch: int, world: int, engine: EngineConfig) -> BatchPlan:
+    """The global batch is set once; micro-batch and accumulation follow from the world size."""
+    if global_batch <= 0 or global_batch % world:
+        raise ConfigError(f"global_batch_size={global_batch} is not divisible by the world size {world}")
+    per_rank = global_batch // world
+    if engine.micro_batch_size:
+        if per_rank % engine.micro_batch_size:
+            raise ConfigError(
+                f"engine.micro_batch_size={engine.micro_batch_size} does not divide the per-rank batch {per_rank} "
+                f"(global_batch_size={global_batch} / {world} ranks)"
+            )
+        micro = engine.micro_batch_size
+    else:
+        micro = max(d for d in range(1, min(per_rank, engine.max_micro_batch_size) + 1) if per_rank % d == 0)
+    return BatchPlan(global_batch, micro, per_rank // micro, world)
+
+
+def check_engine_config(engine: EngineConfig) -> None:
+    if engine.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"engine.zero_stage={engine.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2 and 3")
+    if engine.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"engine.precision={engine.precision}: expected fp32, bf16 or fp16")
+    if engine.loader_workers < 0:
+        raise ConfigError("engine.loader_workers must be >= 0")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) -> dict:
+    """The DeepSpeed JSON, generated from the engine and optim groups (saved in run_dir by the trainer)."""
+    cfg = {
+        "train_batch_size": plan.global_batch,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": engine.zero_stage},
+        "bf16": {"enabled": engine.precision == "bf16"},
+        "fp16": {
+            "enabled": engine.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": engine.fp16_initial_scale_power,
+            "loss_scale_window": engine.fp16_loss_scale_window,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if engine.zero_stage == 3:
+        cfg["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
+    return _merge(cfg, dict(engine.deepspeed_overrides or {}))
+
+
+def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
+    """Start (or join) the process group; returns this rank's device."""
+    if engine.accelerator:
+        os.environ["DS_ACCELERATOR"] = engine.accelerator
+    cuda = torch.cuda.is_available() and engine.accelerator in (None, "cuda")
+    if cuda:
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device = torch.device("cpu")
+    backend = engine.backend or ("nccl" if cuda else "gloo")
+    export(env)
+    if not dist.is_initialized():
+        import deepspeed
+
+        try:
+            deepspeed.init_distributed(
+                dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(seconds=engine.timeout_s)
+            )
+        except Exception as e:  # the store or rendezvous timed out: say where it waited
+            raise RuntimeError(
+                f"rank {env.rank}/{env.world_size} could not join the process group at {env.master_addr}:"
+                f"{env.master_port} ({backend}) within {engine.timeout_s}s: {e}. Check that every task started, "
+                f"that the master host is reachable from this node and that the port is free."
+            ) from e
+    return device
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def gather_lists(items: list) -> list:
+    """Concatenate a small picklable list from every rank (our own objects: never data from outside)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(items)
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class Engine:
+    """DeepSpeed engine + our step semantics (non-finite losses skipped by agreement of all ranks)."""
+
+    METRICS = (
+        "loss",
+        "mlm_loss",
+        "nsp_loss",
+        "mlm_correct",
+        "mlm_count",
+        "nsp_correct",
+        "nsp_count",
+        "tokens",
+        "samples",
+        "skipped_micro",
+    )
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer,
+        scheduler,
+        engine_cfg: EngineConfig,
+        ds_config: dict,
+        device: torch.device,
+        nan_check: bool = True,
+    ):
+        import deepspeed
+
+        self.device = device
+        self.nan_check = nan_check
+        self.cfg = engine_cfg
+        if engine_cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config,
+            dist_init_required=False,
+        )
+        self.module = self.ds.module
+        self._forward = torch.compile(self.ds) if engine_cfg.compile else self.ds
+        self._zero_grads = False
+        for p in self.module.parameters():
+            if p.requires_grad:
+                p.register_hook(self._grad_hook)
+
+    def _grad_hook(self, g):
+        return torch.zeros_like(g) if self._zero_grads else None
+
+    def _to_device(self, batch: dict) -> dict:
+        nb = self.device.type == "cuda"
+        return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "meta"}
+
+    def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
+        flag = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def train_step(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[torch.Tensor, dict]:
+        """One optimizer step over the accumulation window. Returns (summed metric tensor, info).
+
+        A micro-batch whose loss is not finite on any rank gets no backward (all ranks agree, so collectives stay
+        matched); the step uses the rest of the window. If every micro-batch is non-finite, no optimizer step is
+        taken at all. (If only the last one is bad, its backward runs with gradients zeroed by a hook so that the
+        boundary reduction still happens.)
+        """
+        self.ds.train()
+        sums = torch.zeros(len(self.METRICS), dtype=torch.float64)
+        n, good = len(micro_batches), 0
+        for i, mb in enumerate(micro_batches):
+            batch = self._to_device(mb)
+            out = self._forward(**batch)
+            loss = out["loss"]
+            if inject_nan:
+                loss = loss * float("nan")
+            bad = self.nan_check and self._nonfinite_anywhere(loss)
+            last = i == n - 1
+            if bad:
+                sums[9] += 1
+                if not (last and good):
+                    continue
+                self._zero_grads = True
+            self.ds.set_gradient_accumulation_boundary(last)
+            self.ds.backward(loss)
+            self.ds.step()
+            self._zero_grads = False
+            if bad:
+                continue
+            good += 1
+            vals = torch.stack([out[k].detach().float() for k in ("loss", "mlm_loss", "nsp_loss")]).cpu()
+            sums[0:3] += vals.double()
+            sums[3:7] += (
+                torch.stack([out[k].detach() for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count")])
+                .cpu()
+                .double()
+            )
+            sums[7] += float(mb["attention_mask"].sum())
+            sums[8] += mb["input_ids"].shape[0]
+        applied = good > 0 and self.ds.was_step_applied()
+        return sums, {"good_micro": good, "applied": applied}
+
+    @torch.no_grad()
+    def eval_step(self, batch: dict) -> torch.Tensor:
+        self.ds.eval()
+        out = self._forward(**self._to_device(batch))
+        vals = [out["loss"].float() * 1.0, out["mlm_loss"].float(), out["nsp_loss"].float()]
+        counts = [out[k] for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count")]
+        return torch.tensor([float(v) for v in vals] + [float(c) for c in counts] + [1.0], dtype=torch.float64)
+
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    def grad_norm(self) -> float | None:
+        g = self.ds.get_global_grad_norm()
+        return None if g is None else float(g)
+
+    def loss_scale(self) -> float | None:
+        return float(self.ds.loss_scale()) if self.cfg.precision == "fp16" else None
+
+    def overflow_skips(self) -> int:
+        return int(getattr(self.ds, "skipped_steps", 0))
+
+    def save(self, ckpt_root: Path, tag: str, client_state: dict) -> None:
+        """Collective: every rank calls it. DeepSpeed's own 'latest' file is never written (see checkpoint.py)."""
+        self.ds.save_checkpoint(str(ckpt_root), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, ckpt_root: Path, tag: str) -> dict:
+        path, client_state = self.ds.load_checkpoint(
+            str(ckpt_root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_root}/{tag}")
+        return client_state or {}
+
+    def memory(self) -> dict:
+        if self.device.type == "cuda":
+            return {"mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        import psutil
+
+        return {"mem_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True))

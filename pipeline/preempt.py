@@ -1,0 +1,44 @@
+"""Stop cleanly on a signal: the handler only sets a flag; the ranks agree at the step boundary.
+
+DeepSpeed's save is collective, so it cannot run inside a signal handler, and Slurm/submitit may signal only some
+ranks. Each rank's handler records the signal; at every step boundary the ranks all-reduce it (MAX), so all of
+them see the stop in the same step, save together and return. What happens next (requeue or not) is the
+launcher's business: the trainer reports which signal stopped it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early on a signal, checkpoint saved, run again to resume
+
+
+class SignalFlag:
+    def __init__(self, names: list[str]):
+        self.signals = [getattr(signal, n if n.startswith("SIG") else f"SIG{n}") for n in names]
+        self.received: int = 0
+        self._old = {}
+        for s in self.signals:
+            self._old[s] = signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if not self.received:
+            log.warning("received %s: stopping after the current step with a checkpoint", signal.Signals(signum).name)
+        self.received = signum
+
+    def agreed(self) -> int:
+        """The signal number if any rank received one (0 otherwise); a collective when distributed."""
+        t = torch.tensor([float(self.received)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def restore(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)

@@ -1,0 +1,45 @@
+"""python -m pipeline.pretrain data.path=DIR model=bert-base run_dir=checkpoints/NAME [overrides]
+
+Works in one process, under torchrun, and under Slurm (srun, sbatch, submitit): the distributed environment comes
+from launch.distenv. Running the same command again in the same run_dir resumes from the latest complete checkpoint.
+Exit code 75 means: stopped early on a signal, checkpoint saved, run again to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import pipeline.config  # noqa: F401 - registers the structured configs
+from launch.distenv import detect
+from pipeline.preempt import EXIT_RESUMABLE
+
+log = logging.getLogger("pipeline.pretrain")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
+
+
+def sweep_group() -> str | None:
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+
+
+@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from pipeline.trainer import pretrain  # heavy imports after the config is known to be valid
+
+    result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
+    if result.stopped_by_signal and HydraConfig.get().mode.name != "MULTIRUN":
+        sys.exit(EXIT_RESUMABLE)
+    return (result.final or {}).get("val_loss")
+
+
+if __name__ == "__main__":
+    main()
