@@ -168,3 +168,13 @@ if not OmegaConf.has_resolver("first"):
     OmegaConf.register_new_resolver("first", _first)
 
 register_configs()
+
+
+@dataclass
+class ExportConfig:
+    run_dir: str = MISSING
+    step: int | None = None  # null: the latest complete checkpoint
+    output: str | None = None  # null: <run_dir>/hf/step_<N>
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)

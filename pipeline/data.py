@@ -209,6 +209,8 @@ class Masker:
         self.special = np.zeros(max(spec.vocab_size, max(self.sp.values()) + 1), dtype=bool)
         for v in self.sp.values():
             self.special[v] = True
+        # Random replacements never inject [CLS]/[SEP]/[PAD]/[MASK] (which would corrupt the segment structure).
+        self.replacements = np.flatnonzero(~self.special[: spec.vocab_size])
         self.continuation = continuation if whole_word else None
         if whole_word and continuation is None:
             raise DataError("data.whole_word_masking=true needs the tokenizer's '##' continuation table")
@@ -242,7 +244,7 @@ class Masker:
         flat = ids.reshape(-1)
         flat[positions[r < 0.8]] = self.sp["mask"]
         rand_pos = positions[(r >= 0.8) & (r < 0.9)]
-        flat[rand_pos] = rng.integers(0, self.vocab_size, len(rand_pos))
+        flat[rand_pos] = self.replacements[rng.integers(0, len(self.replacements), len(rand_pos))]
         nsp = np.fromiter((s[2] for s in samples), dtype=np.int64, count=b)
         return {
             "input_ids": torch.from_numpy(ids),
@@ -394,6 +396,7 @@ class PretrainStreams(IterableDataset):
                 i, pos = i + 1, cum[i + 1]
 
         src = samples_from(block_idx * bsz)
+        fallback = None
         pending: list = []  # (sample, was_bad)
         batch_idx, pos = first_batch, block_idx * bsz
         while batch_idx < self.batches_per_stream:
@@ -401,8 +404,8 @@ class PretrainStreams(IterableDataset):
             pos += len(block)
             good = [x for x in block if x is not None]
             if len(good) < len(block):
-                if not good:
-                    raise DataError(f"a block of {len(block)} samples in stream {stream} has no readable sample")
+                if not good:  # a whole block unreadable: fill from the stream's first readable samples
+                    good = fallback = fallback if fallback is not None else self._first_good(samples_from, bsz, stream)
                 # A bad sample is replaced by a good one of its block, so every rank keeps its batch count.
                 fill = np.random.default_rng([self.seed, self.epoch, stream, block_idx, 99])
                 block = [(x, False) if x is not None else (good[fill.integers(len(good))], True) for x in block]
@@ -426,6 +429,19 @@ class PretrainStreams(IterableDataset):
             block_idx += 1
             if pos >= cum[-1] and batch_idx < self.batches_per_stream:
                 raise AssertionError(f"stream {stream} ran out at batch {batch_idx} of {self.batches_per_stream}")
+
+    def _first_good(self, samples_from, n: int, stream: int) -> list:
+        """Up to n readable samples from the start of the stream (history-free, so a resumed run fills alike)."""
+        good = []
+        for x in samples_from(0):
+            if x is not None:
+                good.append(x)
+                if len(good) == n:
+                    break
+        if not good:
+            names = sorted({self.shards[p.shard].name for p in self.pieces[stream]})
+            raise DataError(f"no readable sample in stream {stream} (shards {', '.join(names)}); rerun data_prep")
+        return good
 
     def __iter__(self):
         info = get_worker_info()

@@ -145,19 +145,6 @@ def barrier() -> None:
 class Engine:
     """DeepSpeed engine + our step semantics (non-finite losses skipped by agreement of all ranks)."""
 
-    METRICS = (
-        "loss",
-        "mlm_loss",
-        "nsp_loss",
-        "mlm_correct",
-        "mlm_count",
-        "nsp_correct",
-        "nsp_count",
-        "tokens",
-        "samples",
-        "skipped_micro",
-    )
-
     def __init__(
         self,
         model: torch.nn.Module,
@@ -202,8 +189,11 @@ class Engine:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def train_step(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[torch.Tensor, dict]:
-        """One optimizer step over the accumulation window. Returns (summed metric tensor, info).
+    def train_step(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[dict, dict]:
+        """One optimizer step over the accumulation window.
+
+        The model's forward returns a dict with ``loss`` and any other scalar tensors (losses, counts); this returns
+        their sums over the micro-batches that were used (plus ``tokens``, ``samples``, ``skipped_micro``) and info.
 
         A micro-batch whose loss is not finite on any rank gets no backward (all ranks agree, so collectives stay
         matched); the step uses the rest of the window. If every micro-batch is non-finite, no optimizer step is
@@ -211,18 +201,15 @@ class Engine:
         boundary reduction still happens.)
         """
         self.ds.train()
-        sums = torch.zeros(len(self.METRICS), dtype=torch.float64)
+        sums: dict[str, float] = {"tokens": 0.0, "samples": 0.0, "skipped_micro": 0.0}
         n, good = len(micro_batches), 0
         for i, mb in enumerate(micro_batches):
-            batch = self._to_device(mb)
-            out = self._forward(**batch)
-            loss = out["loss"]
-            if inject_nan:
-                loss = loss * float("nan")
+            out = self._forward(**self._to_device(mb))
+            loss = out["loss"] * float("nan") if inject_nan else out["loss"]
             bad = self.nan_check and self._nonfinite_anywhere(loss)
             last = i == n - 1
             if bad:
-                sums[9] += 1
+                sums["skipped_micro"] += 1
                 if not (last and good):
                     continue
                 self._zero_grads = True
@@ -233,25 +220,19 @@ class Engine:
             if bad:
                 continue
             good += 1
-            vals = torch.stack([out[k].detach().float() for k in ("loss", "mlm_loss", "nsp_loss")]).cpu()
-            sums[0:3] += vals.double()
-            sums[3:7] += (
-                torch.stack([out[k].detach() for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count")])
-                .cpu()
-                .double()
-            )
-            sums[7] += float(mb["attention_mask"].sum())
-            sums[8] += mb["input_ids"].shape[0]
-        applied = good > 0 and self.ds.was_step_applied()
-        return sums, {"good_micro": good, "applied": applied}
+            vals = torch.stack([v.detach().float().reshape(()) for v in out.values()]).cpu().tolist()
+            for k, v in zip(out.keys(), vals):
+                sums[k] = sums.get(k, 0.0) + v
+            sums["tokens"] += float(mb["attention_mask"].sum())
+            sums["samples"] += mb["input_ids"].shape[0]
+        return sums, {"good_micro": good, "applied": good > 0 and self.ds.was_step_applied()}
 
     @torch.no_grad()
-    def eval_step(self, batch: dict) -> torch.Tensor:
+    def eval_step(self, batch: dict) -> dict:
+        """The model's outputs for one batch (scalars as floats, other tensors kept, e.g. for predictions)."""
         self.ds.eval()
         out = self._forward(**self._to_device(batch))
-        vals = [out["loss"].float() * 1.0, out["mlm_loss"].float(), out["nsp_loss"].float()]
-        counts = [out[k] for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count")]
-        return torch.tensor([float(v) for v in vals] + [float(c) for c in counts] + [1.0], dtype=torch.float64)
+        return {k: (float(v) if v.numel() == 1 else v.detach().cpu()) for k, v in out.items()}
 
     def lr(self) -> float:
         return float(self.ds.get_lr()[0])

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class WandbSink(Sink):
         import wandb
 
         id_file = Path(run_dir) / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         self.run = wandb.init(
             id=run_id,

@@ -143,42 +143,49 @@ class Batches:
         return batch
 
 
+KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "samples",
+        "skipped_micro")
+
+
+def summarize(tot: dict, n_batches: float, prefix: str = "") -> dict:
+    """Mean losses over batches and accuracies over counted predictions."""
+    n = max(n_batches, 1.0)
+    return {
+        f"{prefix}loss": tot["loss"] / n,
+        f"{prefix}mlm_loss": tot["mlm_loss"] / n,
+        f"{prefix}nsp_loss": tot["nsp_loss"] / n,
+        f"{prefix}mlm_acc": tot["mlm_correct"] / max(tot["mlm_count"], 1.0),
+        f"{prefix}nsp_acc": tot["nsp_correct"] / max(tot["nsp_count"], 1.0),
+    }
+
+
+def reduce_dict(d: dict, device: torch.device) -> dict:
+    """Sum a dict of floats over ranks (keys in the fixed order of KEYS)."""
+    t = all_reduce_sum(torch.tensor([float(d.get(k, 0.0)) for k in KEYS], dtype=torch.float64, device=device))
+    return dict(zip(KEYS, t.cpu().tolist()))
+
+
 def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistEnv, micro: int, pin: bool) -> dict:
     """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches."""
     if not spec.val:
         return {}
-    ds = D.PretrainStreams(
-        spec.val,
-        masker,
-        rank=env.rank,
-        world=env.world_size,
-        streams_per_rank=1,
-        micro_batch=micro,
-        epoch=0,
-        start_batch=0,
-        seed=cfg.seed,
-        shuffle=False,
-        shuffle_block=0,
-        on_bad=cfg.data.on_bad_shard,
-        tag=1,
-    )
-    sums = torch.zeros(8, dtype=torch.float64)
+    ds = D.PretrainStreams(spec.val, masker, rank=env.rank, world=env.world_size, streams_per_rank=1,
+                           micro_batch=micro, epoch=0, start_batch=0, seed=cfg.seed, shuffle=False, shuffle_block=0,
+                           on_bad=cfg.data.on_bad_shard, tag=1)
+    sums: dict[str, float] = {}
+    n = 0
     for i, batch in enumerate(D.make_loader(ds, 0, 2, pin)):
         if cfg.eval.max_batches is not None and i >= cfg.eval.max_batches:
             break
-        sums += engine.eval_step(batch)
-    sums = all_reduce_sum(sums.to(engine.device)).cpu()
-    n = max(sums[7].item(), 1.0)
-    if sums[7] == 0:
+        for k, v in engine.eval_step(batch).items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    sums["samples"] = n
+    tot = reduce_dict(sums, engine.device)
+    if tot["samples"] == 0:
         log.warning("validation split too small for one batch per rank: no validation metrics")
         return {}
-    return {
-        "val_loss": sums[0].item() / n,
-        "val_mlm_loss": sums[1].item() / n,
-        "val_nsp_loss": sums[2].item() / n,
-        "val_mlm_acc": sums[3].item() / max(sums[4].item(), 1),
-        "val_nsp_acc": sums[5].item() / max(sums[6].item(), 1),
-    }
+    return summarize(tot, tot["samples"], "val_")
 
 
 def peak_tflops(cfg, device: torch.device) -> float | None:
@@ -273,7 +280,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     if spec.skipped_shards:
         metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
 
-    window = torch.zeros(len(Engine.METRICS), dtype=torch.float64)
+    window: dict[str, float] = {}
     t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
     result = RunResult(step=state.step)
     while state.step < cfg.max_steps:
@@ -283,13 +290,13 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
         state.step += 1
         steps_in_window += 1
-        window += sums
-        state.samples += int(sums[8])
-        state.tokens += int(sums[7])
-        state.skipped_micro += int(sums[9])
-        bad_step = sums[9] > 0
+        for k, v in sums.items():
+            window[k] = window.get(k, 0.0) + v
+        state.samples += int(sums["samples"])
+        state.tokens += int(sums["tokens"])
+        state.skipped_micro += int(sums["skipped_micro"])
         state.skipped_steps += int(info["good_micro"] == 0)
-        state.consecutive_bad = state.consecutive_bad + 1 if bad_step else 0
+        state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
         bar.update(1)
         # Too many non-finite steps in a row: stop with a clear error.
         if state.consecutive_bad >= cfg.nan.max_consecutive:
@@ -302,19 +309,15 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         # Log: sums over the window, all-reduced across ranks.
         if state.step % cfg.logger.every_steps == 0 or state.step == cfg.max_steps:
             dt = time.perf_counter() - t_window
-            tot = all_reduce_sum(window.to(device)).cpu()
-            n_good = max(steps_in_window * plan.accumulation * env.world_size - tot[9].item(), 1)
+            tot = reduce_dict(window, device)
+            used = steps_in_window * plan.accumulation * env.world_size - tot["skipped_micro"]
             rec = {
-                "loss": tot[0].item() / n_good,
-                "mlm_loss": tot[1].item() / n_good,
-                "nsp_loss": tot[2].item() / n_good,
-                "mlm_acc": tot[3].item() / max(tot[4].item(), 1),
-                "nsp_acc": tot[5].item() / max(tot[6].item(), 1),
+                **summarize(tot, used),
                 "lr": engine.lr(),
                 "grad_norm": engine.grad_norm(),
                 "epoch": state.epoch,
-                "tokens_per_s": tot[7].item() / dt,
-                "samples_per_s": tot[8].item() / dt,
+                "tokens_per_s": tot["tokens"] / dt,
+                "samples_per_s": tot["samples"] / dt,
                 "data_wait_frac": (batches.wait_s - wait0) / dt,
                 "skipped_steps": state.skipped_steps,
                 "skipped_micro": state.skipped_micro,
@@ -327,10 +330,9 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             if engine.loss_scale() is not None:
                 rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
             metrics.log(rec, state.step)
-            bar.set_postfix(
-                loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
-            )
-            window.zero_()
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
+                            tok_s=f"{rec['tokens_per_s']:.0f}")
+            window = {}
             t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
 
         # Evaluate on the val shards.

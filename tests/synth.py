@@ -1,7 +1,7 @@
 """Small synthetic shard sets in data_prep's format, for trainer tests that must not depend on data_prep's speed.
 
-Sequences follow learnable patterns (each token is a function of the previous one within a segment) so MLM loss
-falls quickly; B follows A when the label is 0. Integration tests use real data_prep output instead.
+Sequences are learnable (each document uses 3 words of its topic) so MLM and NSP losses fall quickly; B shares
+A's topic when the label is 0. Integration tests use real data_prep output instead.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def make_shards(
     rng = np.random.default_rng(seed)
     shards = []
 
-    def segment(start: int, n: int) -> list[int]:
-        return [5 + (start + 7 * j) % (v - 5) for j in range(n)]
+    def segment(topic: int, n: int) -> list[int]:
+        # A document draws its tokens from 3 words of its topic: masked tokens are guessable from the context,
+        # and B "follows" A when it shares A's topic (so NSP is learnable too).
+        return [5 + (topic * 3 + int(j)) % (v - 5) for j in rng.integers(0, 3, n)]
 
     for split, sizes in (("train", sizes_train), ("val", sizes_val)):
         for k, n in enumerate(sizes):
@@ -76,7 +78,7 @@ def make_shards(
                     start = int(rng.integers(0, v))
                     label = int(rng.random() < 0.5)
                     a = segment(start, a_len)
-                    b = segment(int(rng.integers(0, v)) if label else start + 7 * a_len, total - a_len)
+                    b = segment(int(rng.integers(0, v)) if label else start, total - a_len)
                     ids = np.array([2] + a + [3] + b + [3], dtype=records.ids_dtype(v))
                     tokens += len(ids)
                     w.write(records.encode_sample(records.sample_key(split, k, i), ids, a_len, label, f"doc{k}-{i}"))

@@ -1,0 +1,133 @@
+"""python -m pipeline.export run_dir=DIR [step=N] [output=HF_DIR]
+
+Turns a pretraining checkpoint of any ZeRO stage into a Hugging Face directory: config.json, model.safetensors
+(fp32, consolidated by DeepSpeed's own zero_to_fp32), the tokenizer files, and a README with the training config
+and the data manifest's summary. ``transformers.BertForPreTraining`` / ``AutoModel`` /
+``AutoModelForSequenceClassification`` load it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    pass
+
+
+def find_checkpoint(run_dir: Path, step: int | None) -> tuple[Path, str]:
+    from pipeline.checkpoint import CheckpointManager
+
+    mgr = CheckpointManager(run_dir, 1, 0, lambda: None)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ExportError(f"{run_dir} is not a pretraining run directory (no checkpoints/ inside)")
+    if step is None:
+        tag = mgr.latest()
+        if tag is None:
+            raise ExportError(f"{run_dir}/checkpoints holds no complete checkpoint (a folder with COMPLETE)")
+    else:
+        tag = mgr.tag(step)
+        if not (mgr.root / tag / "COMPLETE").is_file():
+            raise ExportError(f"no complete checkpoint for step {step} in {mgr.root}; complete: {mgr.complete_tags()}")
+    return mgr.root, tag
+
+
+def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of any ZeRO stage (DeepSpeed's consolidation); stage 0 reads the model file directly."""
+    folder = ckpt_root / tag
+    if any(folder.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag)
+    else:
+        states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        sd = dict(states["module"])
+        for alias, target in (states.get("shared_params") or {}).items():
+            sd.setdefault(alias, sd[target])
+    return {k: v.float().contiguous() for k, v in sd.items()}
+
+
+def export(run_dir: str | Path, step: int | None = None, output: str | Path | None = None) -> Path:
+    from transformers import BertForPreTraining
+
+    from pipeline.model import bert_config
+    from pipeline.data import load_data_spec
+
+    run_dir = Path(run_dir)
+    ckpt_root, tag = find_checkpoint(run_dir, step)
+    cfg = OmegaConf.load(ckpt_root / tag / "config.yaml")
+    state = json.loads((ckpt_root / tag / "trainer_state.json").read_text())
+    out = Path(output) if output else run_dir / "hf" / tag
+    spec = load_data_spec(cfg.data.path)
+
+    sd = consolidated_state_dict(ckpt_root, tag)
+    if cfg.model.init_from:
+        config = BertForPreTraining.config_class.from_pretrained(cfg.model.init_from)
+    else:
+        config = bert_config(cfg.model, spec.vocab_size, spec.special_ids["pad"])
+    config.architectures = ["BertForPreTraining"]
+    model = BertForPreTraining(config)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")]
+    if missing or unexpected:
+        raise ExportError(f"checkpoint {ckpt_root / tag} does not match BertForPreTraining: missing {missing}, "
+                          f"unexpected {unexpected}")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in spec.tokenizer_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    write_card(out, cfg, state, spec.manifest, tag)
+    log.info("exported %s/%s to %s", ckpt_root, tag, out)
+    return out
+
+
+def write_card(out: Path, cfg, state: dict, manifest: dict, tag: str) -> None:
+    splits = manifest.get("splits", {})
+    docs = manifest.get("documents", {})
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [bert, fill-mask, pretraining, bertrun]",
+        "---",
+        f"# {cfg.model.name} pretrained with MLM + NSP",
+        "",
+        f"Checkpoint `{tag}`: step {state.get('step')}, {state.get('samples')} samples, {state.get('tokens')} tokens.",
+        "",
+        "## Data",
+        f"- seq_len {manifest.get('seq_len')}, fingerprint `{manifest.get('fingerprint', '')[:16]}`",
+        *(f"- {k}: {v.get('shards')} shards, {v.get('samples')} samples, {v.get('tokens', '?')} tokens"
+          for k, v in splits.items()),
+        f"- documents: read {docs.get('read')}, used {docs.get('used')}, skipped {docs.get('skipped')}",
+        "",
+        "## Training config",
+        "```yaml",
+        OmegaConf.to_yaml(cfg, resolve=True).rstrip(),
+        "```",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    import hydra
+
+    import pipeline.config  # noqa: F401
+
+    @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+    def _run(cfg) -> None:
+        print(export(cfg.run_dir, cfg.step, cfg.output))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

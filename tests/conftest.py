@@ -1,0 +1,70 @@
+"""Shared fixtures: small data, and a runner for the real entry points (one process or torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests run on 2 cores: one intra-op thread per process keeps 2-rank runs from fighting over them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def run_module(module: str, args: list[str], nproc: int = 1, cwd: Path | None = None, timeout: int = 600,
+               check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` (under torchrun when nproc > 1), as a user would."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(_free_port()), "-m", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    p = subprocess.run(cmd, cwd=cwd or ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n"
+                             f"--- stderr\n{p.stderr[-8000:]}")
+    return p
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """Three uneven train shards and one val shard of learnable synthetic sequences (seq_len 64)."""
+    from tests.synth import make_shards
+
+    return make_shards(tmp_path_factory.mktemp("synth"), [400, 300, 250], [96], seq_len=64)
+
+
+TINY = ["model=bert-tiny", "engine=cpu", "logger.progress=false", "logger.every_steps=1", "eval.every_steps=1000",
+        "checkpoint.every_steps=1000"]
