@@ -22,7 +22,7 @@ class DistEnv:
     local_world_size: int
     master_addr: str
     master_port: int
-    source: str  # "slurm", "torchrun" or "single"
+    source: str  # "slurm", "torchrun", "submitit-local" or "single"
 
     @property
     def is_main(self) -> bool:
@@ -91,6 +91,17 @@ def detect(environ: dict | None = None) -> DistEnv:
             master_addr=expand_first_host(env["SLURM_JOB_NODELIST"]),
             master_port=int(env.get("MASTER_PORT") or _slurm_port(env.get("SLURM_JOB_ID", "0"))),
             source="slurm",
+        )
+    if "SUBMITIT_LOCAL_GLOBALID" in env and "SUBMITIT_LOCAL_NTASKS" in env:  # submitit's LocalExecutor
+        ntasks = int(env["SUBMITIT_LOCAL_NTASKS"])
+        return DistEnv(
+            rank=int(env["SUBMITIT_LOCAL_GLOBALID"]),
+            local_rank=int(env.get("SUBMITIT_LOCAL_LOCALID", "0")),
+            world_size=ntasks,
+            local_world_size=ntasks,
+            master_addr="127.0.0.1",
+            master_port=int(env.get("MASTER_PORT") or _slurm_port(env.get("SUBMITIT_LOCAL_JOB_ID", "0"))),
+            source="submitit-local",
         )
     return DistEnv(0, 0, 1, 1, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()), "single")
 

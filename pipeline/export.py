@@ -58,8 +58,8 @@ def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor
 def export(run_dir: str | Path, step: int | None = None, output: str | Path | None = None) -> Path:
     from transformers import BertForPreTraining
 
-    from pipeline.model import bert_config
     from pipeline.data import load_data_spec
+    from pipeline.model import bert_config
 
     run_dir = Path(run_dir)
     ckpt_root, tag = find_checkpoint(run_dir, step)
@@ -78,8 +78,10 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k not in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")]
     if missing or unexpected:
-        raise ExportError(f"checkpoint {ckpt_root / tag} does not match BertForPreTraining: missing {missing}, "
-                          f"unexpected {unexpected}")
+        raise ExportError(
+            f"checkpoint {ckpt_root / tag} does not match BertForPreTraining: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     for f in spec.tokenizer_dir.iterdir():
@@ -104,8 +106,10 @@ def write_card(out: Path, cfg, state: dict, manifest: dict, tag: str) -> None:
         "",
         "## Data",
         f"- seq_len {manifest.get('seq_len')}, fingerprint `{manifest.get('fingerprint', '')[:16]}`",
-        *(f"- {k}: {v.get('shards')} shards, {v.get('samples')} samples, {v.get('tokens', '?')} tokens"
-          for k, v in splits.items()),
+        *(
+            f"- {k}: {v.get('shards')} shards, {v.get('samples')} samples, {v.get('tokens', '?')} tokens"
+            for k, v in splits.items()
+        ),
         f"- documents: read {docs.get('read')}, used {docs.get('used')}, skipped {docs.get('skipped')}",
         "",
         "## Training config",

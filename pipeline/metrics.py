@@ -31,7 +31,7 @@ class JsonlSink(Sink):
             self._truncate_after(resume_step)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        self.f = open(self.path, "a", buffering=1)
+        self.f = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the life of the run
 
     def _truncate_after(self, step: int) -> None:
         """Records logged after the checkpoint we resume from are logged again by the resumed run."""

@@ -69,9 +69,9 @@ class BertPretrainer(BertForPreTraining):
             "mlm_loss": mlm_loss.detach(),
             "nsp_loss": nsp_loss.detach(),
             "mlm_correct": mlm_correct,
-            "mlm_count": torch.tensor(mlm_labels.numel()),
+            "mlm_count": mlm_labels.new_tensor(mlm_labels.numel()),
             "nsp_correct": nsp_correct,
-            "nsp_count": torch.tensor(nsp_labels.numel()),
+            "nsp_count": nsp_labels.new_tensor(nsp_labels.numel()),
         }
 
 

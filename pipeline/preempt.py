@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -42,3 +43,17 @@ class SignalFlag:
     def restore(self) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+def hand_over(signum: int) -> None:
+    """After a clean stop on ``signum`` (checkpoint saved), let whoever handled that signal before us act on it.
+
+    Under submitit, that handler requeues the job on rank 0 (USR2); elsewhere there is none, and the process exits
+    with EXIT_RESUMABLE so a script can requeue or rerun.
+    """
+    previous = signal.getsignal(signum)
+    if callable(previous):
+        log.info("handing %s over to its previous handler", signal.Signals(signum).name)
+        previous(signum, None)
+        return
+    sys.exit(EXIT_RESUMABLE)

@@ -8,7 +8,6 @@ Exit code 75 means: stopped early on a signal, checkpoint saved, run again to re
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,7 @@ from omegaconf import DictConfig
 
 import pipeline.config  # noqa: F401 - registers the structured configs
 from launch.distenv import detect
-from pipeline.preempt import EXIT_RESUMABLE
+from pipeline.preempt import hand_over
 
 log = logging.getLogger("pipeline.pretrain")
 
@@ -36,8 +35,8 @@ def main(cfg: DictConfig) -> float | None:
     from pipeline.trainer import pretrain  # heavy imports after the config is known to be valid
 
     result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
-    if result.stopped_by_signal and HydraConfig.get().mode.name != "MULTIRUN":
-        sys.exit(EXIT_RESUMABLE)
+    if result.stopped_by_signal:
+        hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
     return (result.final or {}).get("val_loss")
 
 

@@ -118,9 +118,9 @@ class Batches:
         )
         if ds.batches_per_epoch == 0:
             raise D.DataError(
-                f"{self.spec.root}: {sum(s.samples for s in self.spec.train)} train samples cannot make one micro-batch "
-                f"of {self.micro} for each of {self.env.world_size} ranks x {self.streams} streams. Use more data, "
-                f"fewer engine.loader_workers or a smaller engine.micro_batch_size."
+                f"{self.spec.root}: {sum(s.samples for s in self.spec.train)} train samples cannot make one "
+                f"micro-batch of {self.micro} for each of {self.env.world_size} ranks x {self.streams} streams. "
+                f"Use more data, fewer engine.loader_workers or a smaller engine.micro_batch_size."
             )
         self.batches_per_epoch = ds.batches_per_epoch
         loader = D.make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
@@ -143,8 +143,18 @@ class Batches:
         return batch
 
 
-KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "samples",
-        "skipped_micro")
+KEYS = (
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_correct",
+    "mlm_count",
+    "nsp_correct",
+    "nsp_count",
+    "tokens",
+    "samples",
+    "skipped_micro",
+)
 
 
 def summarize(tot: dict, n_batches: float, prefix: str = "") -> dict:
@@ -169,9 +179,21 @@ def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistE
     """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches."""
     if not spec.val:
         return {}
-    ds = D.PretrainStreams(spec.val, masker, rank=env.rank, world=env.world_size, streams_per_rank=1,
-                           micro_batch=micro, epoch=0, start_batch=0, seed=cfg.seed, shuffle=False, shuffle_block=0,
-                           on_bad=cfg.data.on_bad_shard, tag=1)
+    ds = D.PretrainStreams(
+        spec.val,
+        masker,
+        rank=env.rank,
+        world=env.world_size,
+        streams_per_rank=1,
+        micro_batch=micro,
+        epoch=0,
+        start_batch=0,
+        seed=cfg.seed,
+        shuffle=False,
+        shuffle_block=0,
+        on_bad=cfg.data.on_bad_shard,
+        tag=1,
+    )
     sums: dict[str, float] = {}
     n = 0
     for i, batch in enumerate(D.make_loader(ds, 0, 2, pin)):
@@ -330,8 +352,9 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             if engine.loss_scale() is not None:
                 rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
             metrics.log(rec, state.step)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
-                            tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
+            )
             window = {}
             t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
 

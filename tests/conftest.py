@@ -27,18 +27,36 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_module(module: str, args: list[str], nproc: int = 1, cwd: Path | None = None, timeout: int = 600,
-               check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str,
+    args: list[str],
+    nproc: int = 1,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` (under torchrun when nproc > 1), as a user would."""
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(_free_port()), "-m", module, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            module,
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", module, *args]
     p = subprocess.run(cmd, cwd=cwd or ROOT, env=child_env(env), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n"
-                             f"--- stderr\n{p.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-8000:]}"
+        )
     return p
 
 
@@ -66,5 +84,11 @@ def synth_data(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("synth"), [400, 300, 250], [96], seq_len=64)
 
 
-TINY = ["model=bert-tiny", "engine=cpu", "logger.progress=false", "logger.every_steps=1", "eval.every_steps=1000",
-        "checkpoint.every_steps=1000"]
+TINY = [
+    "model=bert-tiny",
+    "engine=cpu",
+    "logger.progress=false",
+    "logger.every_steps=1",
+    "eval.every_steps=1000",
+    "checkpoint.every_steps=1000",
+]

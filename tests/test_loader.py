@@ -14,9 +14,21 @@ from pipeline import data as D
 
 def streams(spec, rank=0, world=1, w=1, mbs=8, epoch=0, start=0, seed=3, shuffle=True, block=32, tag=0):
     masker = D.Masker(spec, 0.15, None, 8, False)
-    return D.PretrainStreams(spec.train, masker, rank=rank, world=world, streams_per_rank=w, micro_batch=mbs,
-                             epoch=epoch, start_batch=start, seed=seed, shuffle=shuffle, shuffle_block=block,
-                             on_bad="skip", tag=tag)
+    return D.PretrainStreams(
+        spec.train,
+        masker,
+        rank=rank,
+        world=world,
+        streams_per_rank=w,
+        micro_batch=mbs,
+        epoch=epoch,
+        start_batch=start,
+        seed=seed,
+        shuffle=shuffle,
+        shuffle_block=block,
+        on_bad="skip",
+        tag=tag,
+    )
 
 
 def batches(ds, workers=0):
@@ -94,8 +106,20 @@ def test_whole_word_masking_masks_whole_words(synth_data):
     rng = np.random.default_rng(0)
     # words: "w1 ##s1 ##s2" "w2" "w3 ##s3"
     vocab = {t: i for i, t in enumerate((spec.tokenizer_dir / "vocab.txt").read_text().split())}
-    x = np.array([vocab["[CLS]"], vocab["w1"], vocab["##s1"], vocab["##s2"], vocab["w2"], vocab["w3"], vocab["##s3"],
-                  vocab["[SEP]"], vocab["w4"], vocab["[SEP]"]])
+    x = np.array(
+        [
+            vocab["[CLS]"],
+            vocab["w1"],
+            vocab["##s1"],
+            vocab["##s2"],
+            vocab["w2"],
+            vocab["w3"],
+            vocab["##s3"],
+            vocab["[SEP]"],
+            vocab["w4"],
+            vocab["[SEP]"],
+        ]
+    )
     for _ in range(50):
         b = masker([(x, 6, 0)], rng)
         picked = set(b["mlm_positions"].tolist())

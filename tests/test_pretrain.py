@@ -14,8 +14,13 @@ from tests.wandb_records import config, history
 
 
 def pretrain(data, run_dir, *extra, nproc=1, check=True, timeout=600):
-    return run_module("pipeline.pretrain", [f"data.path={data}", f"run_dir={run_dir}", *TINY, *extra], nproc=nproc,
-                      check=check, timeout=timeout)
+    return run_module(
+        "pipeline.pretrain",
+        [f"data.path={data}", f"run_dir={run_dir}", *TINY, *extra],
+        nproc=nproc,
+        check=check,
+        timeout=timeout,
+    )
 
 
 def test_model_forward_equals_hf_bert_for_pretraining():
@@ -42,8 +47,9 @@ def test_model_forward_equals_hf_bert_for_pretraining():
         full_labels = torch.full_like(ids, -100)
         full_labels.view(-1)[positions] = labels
         r = ref(input_ids=ids, token_type_ids=tt, attention_mask=am, labels=full_labels, next_sentence_label=nsp)
-    ref_mlm = torch.nn.functional.cross_entropy(r.prediction_logits.view(-1, r.prediction_logits.shape[-1])[positions],
-                                                labels)
+    ref_mlm = torch.nn.functional.cross_entropy(
+        r.prediction_logits.view(-1, r.prediction_logits.shape[-1])[positions], labels
+    )
     assert torch.allclose(out["mlm_loss"], ref_mlm, atol=1e-6)
     assert torch.allclose(out["loss"], r.loss, atol=1e-6)
     assert set(ours.state_dict()) == set(ref.state_dict())
@@ -51,15 +57,34 @@ def test_model_forward_equals_hf_bert_for_pretraining():
 
 def test_loss_falls_and_outputs_land_in_run_dir(synth_data, tmp_path):
     run = tmp_path / "run"
-    pretrain(synth_data, run, "max_steps=60", "global_batch_size=16", "optim.lr=2e-3", "optim.warmup_steps=5",
-             "logger.every_steps=10", "eval.every_steps=30", "model.hidden_dropout=0", "model.attention_dropout=0")
+    pretrain(
+        synth_data,
+        run,
+        "max_steps=60",
+        "global_batch_size=16",
+        "optim.lr=2e-3",
+        "optim.warmup_steps=5",
+        "logger.every_steps=10",
+        "eval.every_steps=30",
+        "model.hidden_dropout=0",
+        "model.attention_dropout=0",
+    )
     losses = train_losses(run)
     assert losses[60] < losses[10] - 0.5, losses
     val = [r for r in read_metrics(run) if "val_loss" in r]
     assert [r["step"] for r in val] == [30, 60] and val[1]["val_loss"] < val[0]["val_loss"]
     rec = read_metrics(run)[-2]
-    for key in ("mlm_loss", "nsp_loss", "mlm_acc", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
-                "data_wait_frac", "mem_gb"):
+    for key in (
+        "mlm_loss",
+        "nsp_loss",
+        "mlm_acc",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "samples_per_s",
+        "data_wait_frac",
+        "mem_gb",
+    ):
         assert key in rec, key
     ds = json.loads((run / "deepspeed_config.json").read_text())
     assert ds["train_batch_size"] == 16 and ds["zero_optimization"]["stage"] == 2
@@ -74,8 +99,17 @@ def test_zero_stages_give_the_same_losses(synth_data, tmp_path):
     runs = {}
     for stage in (0, 1, 2, 3):
         run = tmp_path / f"z{stage}"
-        pretrain(synth_data, run, f"engine.zero_stage={stage}", "max_steps=4", "global_batch_size=16",
-                 "engine.micro_batch_size=4", "model.hidden_dropout=0", "model.attention_dropout=0", nproc=2)
+        pretrain(
+            synth_data,
+            run,
+            f"engine.zero_stage={stage}",
+            "max_steps=4",
+            "global_batch_size=16",
+            "engine.micro_batch_size=4",
+            "model.hidden_dropout=0",
+            "model.attention_dropout=0",
+            nproc=2,
+        )
         runs[stage] = train_losses(run)
     for stage in (1, 2, 3):
         for step, loss in runs[0].items():
@@ -84,15 +118,22 @@ def test_zero_stages_give_the_same_losses(synth_data, tmp_path):
 
 @pytest.mark.slow
 def test_exact_resume_matches_an_uninterrupted_run(synth_data, tmp_path):
-    args = ["max_steps=16", "global_batch_size=16", "engine.micro_batch_size=4", "engine.zero_stage=2",
-            "eval.every_steps=8", "checkpoint.every_steps=5", "checkpoint.keep_last=2", "engine.loader_workers=2"]
+    args = [
+        "max_steps=16",
+        "global_batch_size=16",
+        "engine.micro_batch_size=4",
+        "engine.zero_stage=2",
+        "eval.every_steps=8",
+        "checkpoint.every_steps=5",
+        "checkpoint.keep_last=2",
+        "engine.loader_workers=2",
+    ]
     pretrain(synth_data, tmp_path / "a", *args, nproc=2)
     pretrain(synth_data, tmp_path / "b", *args, "stop_after_steps=7", nproc=2)
     b_steps = train_losses(tmp_path / "b")
     assert max(b_steps) == 7
     # Only the newest k complete checkpoints are kept: step 5 and the stop at step 7.
-    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*")) == ["step_00000005",
-                                                                                       "step_00000007"]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*")) == ["step_00000005", "step_00000007"]
     pretrain(synth_data, tmp_path / "b", *args, nproc=2)  # the same command again: resumes
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -121,8 +162,17 @@ def test_uneven_shards_across_ranks_do_not_hang(tmp_path):
     data = make_shards(tmp_path / "uneven", [700, 9, 2], [33], seq_len=32)
     run = tmp_path / "run"
     # 3 epochs' worth of steps with 2 ranks x 2 loader workers each: epoch ends must line up on both ranks.
-    pretrain(data, run, "max_steps=30", "global_batch_size=32", "engine.micro_batch_size=8",
-             "engine.loader_workers=2", "eval.every_steps=15", nproc=2, timeout=300)
+    pretrain(
+        data,
+        run,
+        "max_steps=30",
+        "global_batch_size=32",
+        "engine.micro_batch_size=8",
+        "engine.loader_workers=2",
+        "eval.every_steps=15",
+        nproc=2,
+        timeout=300,
+    )
     recs = read_metrics(run)
     assert max(train_losses(run)) == 30 and max(r.get("epoch", 0) for r in recs) >= 1
 
@@ -135,15 +185,21 @@ def test_corrupted_shard_is_skipped_and_counted_or_fails_by_name(synth_data, tmp
     pretrain(data, tmp_path / "skip", "max_steps=3", "global_batch_size=8")
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert summary["skipped_shards"] == ["train-000002.tar"] and summary["step"] == 3
-    p = pretrain(data, tmp_path / "err", "max_steps=3", "global_batch_size=8", "data.on_bad_shard=error",
-                 check=False)
+    p = pretrain(data, tmp_path / "err", "max_steps=3", "global_batch_size=8", "data.on_bad_shard=error", check=False)
     assert p.returncode != 0 and "train-000002.tar" in p.stderr
 
 
 def test_nan_steps_are_skipped_then_stop_the_run(synth_data, tmp_path):
     run = tmp_path / "run"
-    pretrain(synth_data, run, "max_steps=6", "global_batch_size=8", "nan.inject_at_steps=[3]",
-             "checkpoint.every_steps=1", "checkpoint.keep_last=10")
+    pretrain(
+        synth_data,
+        run,
+        "max_steps=6",
+        "global_batch_size=8",
+        "nan.inject_at_steps=[3]",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=10",
+    )
     recs = {r["step"]: r for r in read_metrics(run) if "loss" in r}
     assert recs[2]["skipped_steps"] == 0 and recs[3]["skipped_steps"] == 1 and recs[6]["skipped_steps"] == 1
     # The skipped step changed no weight.
@@ -154,15 +210,27 @@ def test_nan_steps_are_skipped_then_stop_the_run(synth_data, tmp_path):
     w4 = consolidated_state_dict(run / "checkpoints", "step_00000004")
     assert all(torch.equal(w2[k], w3[k]) for k in w2)
     assert not all(torch.equal(w3[k], w4[k]) for k in w3)
-    p = pretrain(synth_data, tmp_path / "div", "max_steps=10", "global_batch_size=8",
-                 "nan.inject_at_steps=[2,3,4]", "nan.max_consecutive=3", check=False)
+    p = pretrain(
+        synth_data,
+        tmp_path / "div",
+        "max_steps=10",
+        "global_batch_size=8",
+        "nan.inject_at_steps=[2,3,4]",
+        "nan.max_consecutive=3",
+        check=False,
+    )
     assert p.returncode != 0 and "3 steps in a row had a non-finite loss" in p.stderr
 
 
 def test_wandb_offline_run_holds_the_metrics_and_resumes_the_same_run(synth_data, tmp_path):
     run = tmp_path / "run"
-    wb = ["logger.wandb.mode=offline", "logger.wandb.project=test", "logger.wandb.tags=[ci]", "max_steps=3",
-          "global_batch_size=8"]
+    wb = [
+        "logger.wandb.mode=offline",
+        "logger.wandb.project=test",
+        "logger.wandb.tags=[ci]",
+        "max_steps=3",
+        "global_batch_size=8",
+    ]
     pretrain(synth_data, run, *wb, "stop_after_steps=2")
     first_id = (run / "wandb_id").read_text()
     pretrain(synth_data, run, *wb)

@@ -1,0 +1,1 @@
+"""Starting work: Slurm through submitit, Hydra multirun sweeps, sbatch; knows nothing about models."""

@@ -1,0 +1,134 @@
+"""Collect a sweep's results into a table: printed, and written as Markdown and CSV in the sweep directory.
+
+    python -m launch.collect checkpoints/sweeps/pretrain-20261128-120000
+
+Pretraining sweeps: one row per job (its overrides, final step, validation metrics from summary.json).
+Finetuning sweeps (results.json): per task, the median, stdev, min and max of the main validation metric over
+seeds at the best learning rate (by median), the median task score (the mean of the task's metrics, as GLUE
+scores MRPC, QQP and STS-B), then the GLUE-style average of the tasks' scores. Jobs without results.json are
+named on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+PRETRAIN_METRICS = ("step", "val_loss", "val_mlm_acc", "val_nsp_acc", "val_mlm_loss", "val_nsp_loss")
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(jobs, key=lambda p: (len(p.name), p.name))
+
+
+def overrides(job: Path) -> dict[str, str]:
+    items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    return dict(o.split("=", 1) for o in items if "=" in o)
+
+
+def pretrain_rows(sweep: Path) -> tuple[list[str], list[list]]:
+    jobs = job_dirs(sweep)
+    ovs = [overrides(j) for j in jobs]
+    # Only the overrides that vary between jobs get a column; the shared ones are the same for every row.
+    keys = sorted({k for o in ovs for k in o if len({x.get(k) for x in ovs}) > 1})
+    header = ["job", *keys, *PRETRAIN_METRICS, "status"]
+    rows = []
+    for j in jobs:
+        ov = overrides(j)
+        summary = json.loads((j / "summary.json").read_text()) if (j / "summary.json").is_file() else {}
+        status = "missing" if not summary else ("stopped" if summary.get("stopped_by_signal") else "done")
+        if summary and summary.get("step", 0) < summary.get("max_steps", 0) and status == "done":
+            status = "incomplete"
+        rows.append([j.name, *(ov.get(k, "") for k in keys), *(summary.get(m, "") for m in PRETRAIN_METRICS), status])
+    return header, rows
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, int | float) and v == v else None  # None and NaN (undefined) are left out
+
+
+def finetune_rows(sweep: Path) -> tuple[list[str], list[list]]:
+    """Per task: the learning rate with the best median main metric over seeds (ties: the smaller lr), and at that
+    lr the median, stdev, min and max over seeds, and the median task score (GLUE's mean of the task's metrics);
+    then the average of the tasks' median scores (the GLUE-style average)."""
+    results = [json.loads((j / "results.json").read_text()) for j in job_dirs(sweep) if (j / "results.json").is_file()]
+    runs: dict[str, dict[float, list[tuple[float, float]]]] = {}
+    metric_name: dict[str, str] = {}
+    for r in results:
+        main = _num(r["validation"].get(r["main_metric"]))
+        if main is None:
+            continue
+        score = _num(r["validation"].get("score"))
+        lr = float(r["hyperparameters"]["lr"])
+        runs.setdefault(r["task"], {}).setdefault(lr, []).append((main, main if score is None else score))
+        metric_name[r["task"]] = r["main_metric"]
+    header = ["task", "metric", "best_lr", "lrs", "seeds", "median", "stdev", "min", "max", "score"]
+    rows = []
+    for task in sorted(runs):
+        lr = max(sorted(runs[task]), key=lambda k: statistics.median(m for m, _ in runs[task][k]))
+        mains = [m for m, _ in runs[task][lr]]
+        score = statistics.median(s for _, s in runs[task][lr])
+        spread = statistics.stdev(mains) if len(mains) > 1 else 0.0
+        median = statistics.median(mains)
+        rows.append(
+            [task, metric_name[task], lr, len(runs[task]), len(mains), median, spread, min(mains), max(mains), score]
+        )
+    if rows:
+        rows.append(["average", "score", "", "", "", "", "", "", "", statistics.mean(r[-1] for r in rows)])
+    return header, rows
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"  # learning rates stay readable: 2e-05, not 0.0000
+    return str(v)
+
+
+def write_tables(sweep: Path, header: list[str], rows: list[list], stem: str = "sweep") -> str:
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    text = "\n".join(md) + "\n"
+    (sweep / f"{stem}.md").write_text(text)
+    with open(sweep / f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return text
+
+
+def collect(sweep: str | Path) -> str:
+    sweep = Path(sweep)
+    if not sweep.is_dir() or not job_dirs(sweep):
+        raise FileNotFoundError(f"{sweep}: no sweep jobs found (folders with .hydra/overrides.yaml)")
+    if any((j / "results.json").is_file() for j in job_dirs(sweep)):
+        missing = [j.name for j in job_dirs(sweep) if not (j / "results.json").is_file()]
+        if missing:
+            print(f"warning: {len(missing)} jobs have no results.json (failed or running): {missing}", file=sys.stderr)
+        header, rows = finetune_rows(sweep)
+    else:
+        header, rows = pretrain_rows(sweep)
+    return write_tables(sweep, header, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.collect", description=__doc__)
+    p.add_argument("sweep_dir")
+    args = p.parse_args(argv)
+    try:
+        print(collect(args.sweep_dir), end="")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"written: {Path(args.sweep_dir) / 'sweep.md'} and sweep.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

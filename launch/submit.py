@@ -1,0 +1,109 @@
+"""Submit one pretraining or finetuning job to Slurm with submitit (no sweep).
+
+    python -m launch.submit --nodes 2 --tasks-per-node 8 --gpus-per-node 8 --partition gpu --time 1440 -- \\
+        data.path=/data/wiki model=bert-base engine=gpu run_dir=checkpoints/base
+
+Everything after ``--`` is a Hydra override of the stage's config (conf/pretrain.yaml or conf/finetune.yaml).
+One task per GPU; the tasks find each other through Slurm's variables (launch/distenv.py). On the time-limit
+warning (USR2, ``--signal-delay`` seconds before the limit) every rank finishes its step, all save, and the job is
+requeued; it resumes from run_dir. ``--local`` runs the same job with submitit's LocalExecutor (no Slurm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import submitit
+
+from launch.checks import LaunchError, check_slurm_request
+from launch.job import TrainJob
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--stage", choices=["pretrain", "finetune"], default="pretrain")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, default=1, help="one per GPU")
+    p.add_argument("--gpus-per-node", type=int, default=None)
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--mem-gb", type=int, default=None)
+    p.add_argument("--time", type=int, default=240, help="time limit in minutes")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--qos", default=None)
+    p.add_argument("--constraint", default=None)
+    p.add_argument("--exclusive", action="store_true")
+    p.add_argument("--signal-delay", type=int, default=180, help="seconds before the limit that USR2 arrives")
+    p.add_argument("--max-timeouts", type=int, default=20, help="requeues after reaching the time limit")
+    p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="more sbatch parameters")
+    p.add_argument("--folder", default=None, help="submitit logs (default: <run_dir>/submitit)")
+    p.add_argument("--local", action="store_true", help="submitit LocalExecutor instead of Slurm")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the stage, after --")
+    return p
+
+
+def submit(args: argparse.Namespace) -> submitit.Job:
+    run_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
+    if not run_dir:
+        raise LaunchError("give run_dir=... among the overrides: a requeued job resumes from it")
+    folder = Path(args.folder or Path(run_dir) / "submitit") / "%j"
+    extra = dict(kv.split("=", 1) for kv in args.extra)
+    if args.exclusive:
+        extra["exclusive"] = True
+    if args.local:
+        executor = submitit.AutoExecutor(folder=folder, cluster="local")
+        executor.update_parameters(
+            timeout_min=args.time, tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node or 0
+        )
+    else:
+        check_slurm_request(
+            args.partition, args.time, args.signal_delay, args.max_timeouts, args.tasks_per_node, args.gpus_per_node
+        )
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=args.max_timeouts)
+        params = {
+            "timeout_min": args.time,
+            "nodes": args.nodes,
+            "tasks_per_node": args.tasks_per_node,
+            "slurm_signal_delay_s": args.signal_delay,
+            "name": f"{args.stage}-{Path(run_dir).name}",
+        }
+        optional = {
+            "gpus_per_node": args.gpus_per_node,
+            "cpus_per_task": args.cpus_per_task,
+            "mem_gb": args.mem_gb,
+            "slurm_partition": args.partition,
+            "slurm_account": args.account,
+            "slurm_qos": args.qos,
+            "slurm_constraint": args.constraint,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        executor.update_parameters(**params)
+    try:
+        return executor.submit(TrainJob(args.stage), list(args.overrides))
+    except submitit.core.utils.FailedJobError as e:
+        raise LaunchError(f"Slurm refused the job: {str(e).strip().splitlines()[-1]}") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        job = submit(args)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"submitted job {job.job_id}; logs: {job.paths.stdout}")
+    if args.wait:
+        print(json.dumps(job.result(), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Online part: shards -> masking -> model -> DeepSpeed engine -> checkpoints, metrics, export, finetune."""

@@ -1,0 +1,320 @@
+"""python -m pipeline.finetune model.path=RUN_DIR_or_HF_DIR task=NAME [overrides]
+
+Finetunes on a GLUE task, custom classification/regression files, NER or SQuAD-style QA with the pretraining
+engine (DeepSpeed, any ZeRO stage and precision, one process, torchrun or Slurm). Keeps the best checkpoint by the
+task's validation metric (early stopping after ``eval.patience`` evaluations without improvement) and writes
+results.json, predictions_<split>.jsonl and best_model/ (Hugging Face format) in the run_dir. Running the same
+command again resumes; a finished run_dir (results.json present) returns at once. See pipeline/README_finetune.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import pipeline.config  # noqa: F401 - registers the shared groups (engine, optim)
+import pipeline.finetune_config  # noqa: F401 - registers finetune_schema and task_schema
+from launch.distenv import DistEnv, detect
+from pipeline.checkpoint import CheckpointManager, TrainState
+from pipeline.engine import (
+    ConfigError,
+    Engine,
+    all_reduce_sum,
+    barrier,
+    check_engine_config,
+    deepspeed_config,
+    init_process_group,
+    plan_batch,
+    write_json,
+)
+from pipeline.finetune_config import TASK_TYPES
+from pipeline.finetune_eval import evaluate
+from pipeline.finetune_metrics import better, task_score
+from pipeline.finetune_model import build_task_model, materialize, resolve_source, save_hf_model
+from pipeline.finetune_tasks import TaskDataError, collate, featurize, load_task
+from pipeline.metrics import build_metrics
+from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.preempt import SignalFlag, hand_over
+from pipeline.trainer import RunResult
+
+log = logging.getLogger("pipeline.finetune")
+
+
+def validate(cfg) -> None:
+    check_engine_config(cfg.engine)
+    if cfg.task.type not in TASK_TYPES:
+        raise ConfigError(f"task.type={cfg.task.type}: expected one of {', '.join(TASK_TYPES)}")
+    if cfg.task.type in ("classification", "regression") and len(cfg.task.text_columns) not in (1, 2):
+        raise ConfigError(f"task.text_columns={list(cfg.task.text_columns)}: one column, or two for sentence pairs")
+    if cfg.max_steps is not None and cfg.max_steps <= 0 or cfg.epochs <= 0:
+        raise ConfigError("max_steps and epochs must be positive")
+
+
+def train_micro_batches(feats: list[dict], state: TrainState, plan, env: DistEnv, seed: int, pad_id: int) -> list:
+    """This rank's micro-batches for the next step: a seeded permutation per epoch, cut into global batches
+    (the last partial one dropped), each split evenly over ranks, so every rank runs the same number."""
+    per_epoch = len(feats) // plan.global_batch
+    if state.batch_in_epoch >= per_epoch:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    order = _permutation(seed, state.epoch, len(feats))
+    start = state.batch_in_epoch * plan.global_batch + env.rank * plan.micro_batch * plan.accumulation
+    state.batch_in_epoch += 1
+    return [
+        collate([feats[i] for i in order[start + k * plan.micro_batch : start + (k + 1) * plan.micro_batch]], pad_id)
+        for k in range(plan.accumulation)
+    ]
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
+    validate(cfg)
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").is_file():
+        done = json.loads((run_dir / "results.json").read_text())
+        log.info("%s already holds results.json: finished (remove it to run again)", run_dir)
+        return RunResult(step=done["steps"], final=done["validation"])
+    task = cfg.task
+    src = resolve_source(cfg.model.path, cfg.model.step)
+    splits, names = load_task(task, cfg.max_train_samples, cfg.max_eval_samples)
+    plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Process group, source weights, tokenizer, features, model, engine.
+    device = init_process_group(env, cfg.engine)
+    model_path = materialize(src, run_dir, env.rank, barrier)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    feats = {k: featurize(task, s, tokenizer, train=k == "train") for k, s in splits.items()}
+    per_epoch = len(feats["train"]) // plan.global_batch
+    if per_epoch == 0:
+        raise TaskDataError(
+            f"{splits['train'].source}: {len(feats['train'])} training features are fewer than one "
+            f"global batch ({plan.global_batch}); lower global_batch_size"
+        )
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    eval_every = cfg.eval.every_steps or per_epoch
+    torch.manual_seed(cfg.seed)
+    model = build_task_model(model_path, task, names, cfg.model, cfg.lora)
+    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    engine = Engine(
+        model, optimizer, build_scheduler(optimizer, cfg.optim, total), cfg.engine, ds_config, device, cfg.nan.check
+    )
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if env.rank == 0:
+        write_json(run_dir / "deepspeed_config.json", ds_config)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
+    best_ckpt = CheckpointManager(run_dir / "best", 1, env.rank, barrier)  # the best model so far, one kept
+    state = TrainState(world_size=env.world_size)
+    resume_tag = ckpt.latest()
+    if resume_tag:
+        if ckpt.trainer_state(resume_tag).get("world_size") != env.world_size:
+            raise ConfigError(
+                f"{ckpt.root}/{resume_tag} was written by another number of ranks; resume with "
+                f"{ckpt.trainer_state(resume_tag).get('world_size')} processes or use a new run_dir"
+            )
+        ckpt.load(engine, resume_tag, state)
+        log.info("resumed from %s (step %d)", resume_tag, state.step)
+    metrics = build_metrics(
+        env.rank,
+        run_dir,
+        cfg.logger,
+        OmegaConf.to_container(cfg, resolve=True),
+        state.step if resume_tag else None,
+        group,
+    )
+    flag = SignalFlag(list(cfg.preempt.signals))
+    pad_id = tokenizer.pad_token_id or 0
+    ev = dict(names=names, rank=env.rank, world=env.world_size, batch_size=cfg.eval.batch_size, pad_id=pad_id)
+    bar = tqdm(total=total, initial=state.step, disable=env.rank != 0 or not cfg.logger.progress, desc=task.name)
+
+    window: dict[str, float] = {}
+    result, stop_now = RunResult(step=state.step), False
+    while state.step < total and not state.best.get("stopped_early"):
+        # One optimizer step over this rank's share of the global batch.
+        micro = train_micro_batches(feats["train"], state, plan, env, cfg.seed, pad_id)
+        sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
+        state.step += 1
+        state.samples += int(sums["samples"])
+        state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
+        for k in ("loss", "samples", "skipped_micro"):
+            window[k] = window.get(k, 0.0) + sums.get(k, 0.0)
+        window["steps"] = window.get("steps", 0.0) + 1
+        bar.update(1)
+        if state.consecutive_bad >= cfg.nan.max_consecutive:
+            raise FloatingPointError(
+                f"{state.consecutive_bad} steps in a row had a non-finite loss (step "
+                f"{state.step}); lower optim.lr or use bf16 instead of fp16"
+            )
+
+        # Log the mean training loss over the window, summed across ranks.
+        if state.step % cfg.logger.every_steps == 0 or state.step == total:
+            t = all_reduce_sum(
+                torch.tensor(
+                    [window[k] for k in ("loss", "samples", "skipped_micro")], dtype=torch.float64, device=device
+                )
+            ).tolist()
+            used = window["steps"] * plan.accumulation * env.world_size - t[2]
+            metrics.log(
+                {
+                    "loss": t[0] / max(used, 1),
+                    "lr": engine.lr(),
+                    "grad_norm": engine.grad_norm(),
+                    "epoch": state.epoch + state.batch_in_epoch / per_epoch,
+                    "samples": state.samples,
+                },
+                state.step,
+            )
+            bar.set_postfix(loss=f"{t[0] / max(used, 1):.4f}")
+            window = {}
+
+        # Evaluate; keep the best model; stop early after `patience` evaluations without improvement.
+        if state.step % eval_every == 0 or state.step == total:
+            val, _ = evaluate(engine, task, splits["validation"], feats["validation"], **ev)
+            value = val[task.main_metric]
+            metrics.log({f"val_{k}": v for k, v in val.items()}, state.step)
+            if better(value, state.best.get("value"), task.main_metric, cfg.eval.min_delta):
+                state.best = {"value": value, "step": state.step, "bad_evals": 0}
+                best_ckpt.save(engine, state, config_yaml)
+            else:
+                state.best["bad_evals"] += 1
+                if cfg.eval.patience is not None and state.best["bad_evals"] >= cfg.eval.patience:
+                    state.best["stopped_early"] = True
+                    log.info(
+                        "early stop at step %d: no improvement of %s for %d evaluations (best %.4f at %d)",
+                        state.step,
+                        task.main_metric,
+                        cfg.eval.patience,
+                        state.best["value"],
+                        state.best["step"],
+                    )
+
+        # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return; checkpoint every N.
+        stop_signal = flag.agreed()
+        stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
+        if state.step % cfg.checkpoint.every_steps == 0 or stop_now:
+            ckpt.save(engine, state, config_yaml)
+        if stop_now:
+            result.stopped_by_signal = stop_signal
+            break
+    bar.close()
+    flag.restore()
+    result.step = state.step
+    if stop_now:
+        metrics.close()
+        return result
+
+    # The best model: its predictions and metrics on every split, best_model/, results.json.
+    best_tag = best_ckpt.latest()
+    best_ckpt.load(engine, best_tag, TrainState())
+    outputs = {}
+    for name, split in splits.items():
+        if name != "train":
+            outputs[name] = evaluate(engine, task, split, feats[name], **ev)
+    validation = dict(outputs["validation"][0])
+    for name, suffix in task.extra_validation.items():
+        if name not in outputs:
+            log.warning("no %s split (task.extra_validation): its metrics are left out", name)
+            continue
+        validation.update({f"{k}{suffix}": v for k, v in outputs[name][0].items()})
+    validation["score"] = task_score(validation, task.main_metric, task.score_metrics)
+    result.final = validation
+    if env.rank == 0:
+        for name, (_, recs) in outputs.items():
+            write_jsonl(run_dir / f"predictions_{name}.jsonl", recs)
+        save_hf_model(
+            best_ckpt.root, best_tag, model_path, task, names, cfg.model, cfg.lora, tokenizer, run_dir / "best_model"
+        )
+        results = results_record(cfg, plan, env, src, model_path, names, splits, outputs, validation, state)
+        tmp = run_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(_finite_or_none(results), indent=2))
+        tmp.replace(run_dir / "results.json")
+        metrics.log({f"best_val_{k}": v for k, v in validation.items()}, state.step)
+        if cfg.cleanup:  # the DeepSpeed checkpoints only served resume and the best-model reload
+            shutil.rmtree(ckpt.root, ignore_errors=True)
+            shutil.rmtree(best_ckpt.root.parent, ignore_errors=True)
+    barrier()
+    metrics.close()
+    return result
+
+
+def results_record(cfg, plan, env, src, model_path, names, splits, outputs, validation, state) -> dict:
+    """results.json: what launch.collect reads (task, main_metric, validation, hyperparameters.lr, seed) and more."""
+    task = cfg.task
+    return {
+        "task": task.name,
+        "task_type": task.type,
+        "main_metric": task.main_metric,
+        "validation": validation,
+        "validation_examples": len(splits["validation"].rows),
+        "test": outputs["test"][0] if "test" in outputs and splits["test"].labelled else None,
+        "seed": cfg.seed,
+        "hyperparameters": {
+            "lr": cfg.optim.lr,
+            "global_batch_size": plan.global_batch,
+            "micro_batch_size": plan.micro_batch,
+            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "warmup_ratio": cfg.optim.warmup_ratio,
+            "warmup_steps": cfg.optim.warmup_steps,
+            "weight_decay": cfg.optim.weight_decay,
+            "schedule": cfg.optim.schedule,
+            "max_seq_len": task.max_seq_len,
+            "world_size": env.world_size,
+            "zero_stage": cfg.engine.zero_stage,
+            "precision": cfg.engine.precision,
+            "lora": OmegaConf.to_container(cfg.lora) if cfg.lora.enabled else None,
+        },
+        "source": {**src.as_dict(), "loaded_from": model_path},
+        "labels": names,
+        "steps": state.step,
+        "best_step": state.best["step"],
+        "stopped_early": bool(state.best.get("stopped_early")),
+        "predictions": {name: f"predictions_{name}.jsonl" for name in outputs},
+        "best_model": "best_model",
+    }
+
+
+def _finite_or_none(obj):
+    """Strict JSON: an undefined metric (a correlation of constant predictions) is written as null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+@hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from pipeline.pretrain import run_dir_of, sweep_group
+
+    result = finetune(cfg, detect(), run_dir_of(cfg), sweep_group())
+    if result.stopped_by_signal:
+        hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
+    return (result.final or {}).get(cfg.task.main_metric)
+
+
+if __name__ == "__main__":
+    main()
