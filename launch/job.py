@@ -33,7 +33,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.stage = stage
 
     def __call__(self, overrides: list[str]) -> dict:
+        import logging
+
         from launch.distenv import detect
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
         cfg = compose(self.stage, overrides)
         if not cfg.get("run_dir"):

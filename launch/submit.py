@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"submitted job {job.job_id}; logs: {job.paths.stdout}")
     if args.wait:
-        print(json.dumps(job.result(), indent=2, default=str))
+        results = job.results()  # one per task; rank 0's first
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     return 0
 
 

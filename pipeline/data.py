@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tarfile
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -467,9 +468,16 @@ class PretrainStreams(IterableDataset):
             gens = alive
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Loader workers ignore TERM/USR2/INT: Slurm signals every process of a job step, and a worker killed mid-step
+    would take the trainer down before it could finish the step and save. The trainer stops them itself."""
+    for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def make_loader(ds: PretrainStreams, workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
     """``workers`` must equal the dataset's streams per rank (or be 0: one process serves them all in order)."""
-    kw = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if workers > 0 else {}
+    kw = {"prefetch_factor": prefetch_factor, "worker_init_fn": ignore_stop_signals} if workers > 0 else {}
     # An explicit generator: otherwise creating the iterator draws from the global torch RNG, which drives dropout,
     # and a resumed run (which creates its iterator at another time) would draw different dropout masks.
     gen = torch.Generator().manual_seed(0)

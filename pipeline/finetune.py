@@ -287,7 +287,7 @@ def results_record(cfg, plan, env, src, model_path, names, splits, outputs, vali
             "precision": cfg.engine.precision,
             "lora": OmegaConf.to_container(cfg.lora) if cfg.lora.enabled else None,
         },
-        "source": {**src.as_dict(), "loaded_from": model_path},
+        "source": {**src.as_dict(), "loaded_from": model_path, "random_init": cfg.model.random_init},
         "labels": names,
         "steps": state.step,
         "best_step": state.best["step"],

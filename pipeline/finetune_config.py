@@ -67,6 +67,8 @@ class SourceConfig:
     # A pretraining run_dir (exported on the fly), a Hugging Face directory, or a hub model id.
     path: str = MISSING
     step: int | None = None  # run_dir only: this checkpoint step (null: the latest complete one)
+    # true: the source's architecture and tokenizer with random weights (what pretraining is compared against)
+    random_init: bool = False
     hidden_dropout: float | None = None  # null: the source's config
     attention_dropout: float | None = None
 

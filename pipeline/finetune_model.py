@@ -118,6 +118,9 @@ def load_hf(path: str, task, names: list[str], model_cfg=None):
     }[task.type]
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
+        if model_cfg is not None and model_cfg.random_init:  # the baseline: same architecture, no pretraining
+            log.info("model.random_init=true: %s's architecture with freshly initialised weights", path)
+            return cls.from_config(config)
         with _quiet_transformers():
             model, info = cls.from_pretrained(path, config=config, output_loading_info=True)
     except OSError as e:
