@@ -178,3 +178,12 @@ class ExportConfig:
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+@dataclass
+class ReportConfig:
+    run_dir: str = MISSING  # a pretraining or finetuning run_dir, or a sweep directory
+    out: str | None = None  # null: <run_dir>/report
+
+
+ConfigStore.instance().store(name="report_schema", node=ReportConfig)

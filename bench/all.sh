@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every CPU benchmark, one after the other (about 6 minutes on 2 cores). Numbers and ratios only; nothing asserted.
+# The GPU one (bench/gpu_pretrain.sh) needs a GPU and is not run here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+echo "# $(date -u +%FT%TZ) on $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo; echo "## data_prep"; "$PY" bench/data_prep.py
+echo; echo "## pretraining throughput"; "$PY" bench/pretrain_throughput.py

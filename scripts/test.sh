@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install and run every test on a fresh machine: a virtual environment in .venv, torch (CPU build) first, the project
+# with its test extras, a real Slurm cluster (tests/cluster/slurm_up.sh: needs root and apt), then pytest.
+# Extra arguments go to pytest (bash scripts/test.sh -k resume). BERTRUN_SKIP_SLURM=1 skips the cluster and its tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[test]'
+marker=()
+if [ "${BERTRUN_SKIP_SLURM:-0}" = 1 ]; then
+  marker=(-m "not slurm")
+else
+  trap 'bash tests/cluster/slurm_down.sh >/dev/null 2>&1 || true' EXIT
+  bash tests/cluster/slurm_up.sh
+fi
+.venv/bin/python -m ruff check .
+.venv/bin/python -m pytest "${marker[@]}" "$@"
