@@ -28,11 +28,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 PREP = ["seq_len=128", "tokenizer.vocab_size=8192", "shard_mb=0.25", "val_fraction=0.02", "progress=false"]
-PRETRAIN = ["model=bert-mini", "engine.zero_stage=2", "global_batch_size=32", "max_steps=400", "optim.lr=1e-3",
-            "optim.warmup_steps=40", "logger.every_steps=10", "eval.every_steps=100", "checkpoint.every_steps=100",
-            "logger.progress=false"]
-FINETUNE = ["task=custom_classification", "task.text_columns=[text]", "task.label_column=label", "epochs=15",
-            "global_batch_size=16", "optim.lr=1e-3", "logger.progress=false"]
+PRETRAIN = [
+    "model=bert-mini",
+    "engine.zero_stage=2",
+    "global_batch_size=32",
+    "max_steps=400",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=40",
+    "logger.every_steps=10",
+    "eval.every_steps=100",
+    "checkpoint.every_steps=100",
+    "logger.progress=false",
+]
+FINETUNE = [
+    "task=custom_classification",
+    "task.text_columns=[text]",
+    "task.label_column=label",
+    "epochs=15",
+    "global_batch_size=16",
+    "optim.lr=1e-3",
+    "logger.progress=false",
+]
 
 
 def gensim_data(name: str) -> Path:
@@ -45,8 +61,15 @@ def gensim_data(name: str) -> Path:
 
 
 def parse(argv: list[str]) -> dict:
-    opts = {"out": "checkpoints/demo", "nproc": "2", "seeds": "1,2,3", "corpus": None,
-            "prep": [], "pretrain": [], "finetune": []}
+    opts = {
+        "out": "checkpoints/demo",
+        "nproc": "2",
+        "seeds": "1,2,3",
+        "corpus": None,
+        "prep": [],
+        "pretrain": [],
+        "finetune": [],
+    }
     for arg in argv:
         stage, sep, override = arg.partition(":")
         if sep and stage in ("prep", "pretrain", "finetune") and "=" in override:
@@ -54,8 +77,10 @@ def parse(argv: list[str]) -> dict:
             continue
         key, eq, value = arg.partition("=")
         if not eq or key not in opts or key in ("prep", "pretrain", "finetune"):
-            raise SystemExit(f"unknown argument {arg!r}: expected out=, nproc=, seeds=, corpus= or "
-                             f"prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo --help)")
+            raise SystemExit(
+                f"unknown argument {arg!r}: expected out=, nproc=, seeds=, corpus= or "
+                f"prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo --help)"
+            )
         opts[key] = value
     return opts
 
@@ -87,7 +112,8 @@ def run(title: str, cmd: list[str], log: Path) -> float:
     print(f"\n== {title}\n   {shlex.join(cmd)}\n   log: {log}", flush=True)
     t = time.perf_counter()
     with open(log, "w") as f:
-        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     dt = time.perf_counter() - t
     if p.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
@@ -132,31 +158,67 @@ def main(argv: list[str] | None = None) -> int:
     train_csv, val_csv = polarity_csvs(out / "polarity")
     prep_args = [f"input={corpus}", f"output={data}", *PREP, *o["prep"]]
     pre_args = [f"data.path={data}", f"run_dir={pre}", engine, *PRETRAIN, *o["pretrain"]]
-    ft_args = [f"task.data_files.train={train_csv}", f"task.data_files.validation={val_csv}", f"model.path={hf}",
-               engine, *FINETUNE, *o["finetune"]]
+    ft_args = [
+        f"task.data_files.train={train_csv}",
+        f"task.data_files.validation={val_csv}",
+        f"model.path={hf}",
+        engine,
+        *FINETUNE,
+        *o["finetune"],
+    ]
     check_configs(prep_args, pre_args, ft_args)
     t0 = time.perf_counter()
     timings = {}
 
     if not (data / "manifest.json").is_file():
-        timings["data_prep"] = run("data_prep: corpus -> tokenizer -> NSP shards",
-                                   [sys.executable, "-m", "data_prep", *prep_args], logs / "data_prep.log")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else [
-        sys.executable]
+        timings["data_prep"] = run(
+            "data_prep: corpus -> tokenizer -> NSP shards",
+            [sys.executable, "-m", "data_prep", *prep_args],
+            logs / "data_prep.log",
+        )
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        if nproc > 1
+        else [sys.executable]
+    )
     summary_file = pre / "summary.json"
     if not summary_file.is_file() or json.loads(summary_file.read_text()).get("stopped_by_signal"):
-        timings["pretrain"] = run(f"pretrain: MLM + NSP, {nproc} processes",
-                                  [*launcher, "-m", "pipeline.pretrain", *pre_args], logs / "pretrain.log")
-    timings["export"] = run("export to Hugging Face", [sys.executable, "-m", "pipeline.export", f"run_dir={pre}",
-                                                      f"output={hf}"], logs / "export.log")
+        timings["pretrain"] = run(
+            f"pretrain: MLM + NSP, {nproc} processes",
+            [*launcher, "-m", "pipeline.pretrain", *pre_args],
+            logs / "pretrain.log",
+        )
+    timings["export"] = run(
+        "export to Hugging Face",
+        [sys.executable, "-m", "pipeline.export", f"run_dir={pre}", f"output={hf}"],
+        logs / "export.log",
+    )
     if not (ft / "multirun.yaml").is_file() or len(list(ft.glob("*/results.json"))) < 2 * len(seeds):
         timings["finetune"] = run(
             f"finetune: polarity, pretrained vs random init, seeds {','.join(seeds)}",
-            [sys.executable, "-m", "pipeline.finetune", "-m", *ft_args, "model.random_init=false,true",
-             f"seed={','.join(seeds)}", f"hydra.sweep.dir={ft}"], logs / "finetune.log")
+            [
+                sys.executable,
+                "-m",
+                "pipeline.finetune",
+                "-m",
+                *ft_args,
+                "model.random_init=false,true",
+                f"seed={','.join(seeds)}",
+                f"hydra.sweep.dir={ft}",
+            ],
+            logs / "finetune.log",
+        )
     reports = [pre, ft]
-    run("reports", [sys.executable, "-c", "import sys; from pipeline.report import report\n"
-                    "for d in sys.argv[1:]: print(report(d))", *map(str, reports)], logs / "report.log")
+    run(
+        "reports",
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
+            *map(str, reports),
+        ],
+        logs / "report.log",
+    )
     return headline(out, pre, hf, ft, timings, time.perf_counter() - t0)
 
 

@@ -41,6 +41,7 @@ class DataConfig:
     # Streams per rank = max(1, engine.loader_workers); each stream reads its own contiguous slice of the epoch.
     shuffle_shards: bool = True
     shuffle_block: int = 2048  # samples shuffled together inside a stream (0: no shuffle)
+    length_buckets: bool = True  # inside a shuffle block, batch sequences of similar length (less padding)
     mlm_probability: float = 0.15
     max_predictions_per_seq: int | None = None  # cap on masked tokens per sequence (BERT used 20 at seq 128)
     whole_word_masking: bool = False

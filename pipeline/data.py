@@ -361,8 +361,10 @@ class PretrainStreams(IterableDataset):
         shuffle_block: int,
         on_bad: str,
         tag: int = 0,
+        length_buckets: bool = False,
     ):
         self.shards, self.masker = shards, masker
+        self.buckets = length_buckets
         self.rank, self.world, self.w = rank, world, streams_per_rank
         self.mbs, self.epoch, self.start, self.seed = micro_batch, epoch, start_batch, seed
         self.shuffle, self.block, self.on_bad, self.tag = shuffle, shuffle_block, on_bad, tag
@@ -379,7 +381,8 @@ class PretrainStreams(IterableDataset):
         """Yield batches ``first_batch..`` of this rank's stream ``local``."""
         stream = self.rank * self.w + local
         pieces = self.pieces[stream]
-        bsz = self.block if self.shuffle and self.block > 0 else self.mbs
+        # Blocks are whole batches, so that resuming at a batch starts at a batch boundary of its block.
+        bsz = -(-self.block // self.mbs) * self.mbs if self.shuffle and self.block > 0 else self.mbs
         offset = first_batch * self.mbs
         block_idx = offset // bsz
         skip_in_block = offset - block_idx * bsz
@@ -417,6 +420,11 @@ class PretrainStreams(IterableDataset):
                     len(block)
                 )
                 block = [block[j] for j in order]
+                if self.buckets:  # batches of similar lengths (less padding), in a random order
+                    block = sorted(block, key=lambda item: len(item[0][0]))
+                    chunks = [block[i : i + self.mbs] for i in range(0, len(block), self.mbs)]
+                    rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, block_idx, 2])
+                    block = [x for j in rng.permutation(len(chunks)) for x in chunks[j]]
             if skip_in_block:
                 block, skip_in_block = block[skip_in_block:], 0
             pending.extend(block)

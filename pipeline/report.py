@@ -68,34 +68,57 @@ def pretrain_report(run: Path, out: Path) -> list[str]:
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     s = lambda k: series(recs, k)  # noqa: E731
     figs = [
-        plot(out / "loss.png", f"{run.name}: losses", [
-            ("loss", [("train", *s("loss")), ("val", *s("val_loss"))]),
-            ("MLM loss", [("train", *s("mlm_loss")), ("val", *s("val_mlm_loss"))]),
-            ("NSP loss", [("train", *s("nsp_loss")), ("val", *s("val_nsp_loss"))]),
-        ]),
-        plot(out / "accuracy.png", f"{run.name}: accuracy", [
-            ("MLM accuracy", [("train", *s("mlm_acc")), ("val", *s("val_mlm_acc"))]),
-            ("NSP accuracy", [("train", *s("nsp_acc")), ("val", *s("val_nsp_acc"))]),
-        ]),
-        plot(out / "lr.png", f"{run.name}: learning rate and gradient norm", [
-            ("learning rate", [("lr", *s("lr"))]), ("gradient norm", [("grad_norm", *s("grad_norm"))])]),
-        plot(out / "throughput.png", f"{run.name}: throughput", [
-            ("tokens/s", [("tokens/s", *s("tokens_per_s"))]),
-            ("fraction of time waiting for data", [("data wait", *s("data_wait_frac"))]),
-        ]),
+        plot(
+            out / "loss.png",
+            f"{run.name}: losses",
+            [
+                ("loss", [("train", *s("loss")), ("val", *s("val_loss"))]),
+                ("MLM loss", [("train", *s("mlm_loss")), ("val", *s("val_mlm_loss"))]),
+                ("NSP loss", [("train", *s("nsp_loss")), ("val", *s("val_nsp_loss"))]),
+            ],
+        ),
+        plot(
+            out / "accuracy.png",
+            f"{run.name}: accuracy",
+            [
+                ("MLM accuracy", [("train", *s("mlm_acc")), ("val", *s("val_mlm_acc"))]),
+                ("NSP accuracy", [("train", *s("nsp_acc")), ("val", *s("val_nsp_acc"))]),
+            ],
+        ),
+        plot(
+            out / "lr.png",
+            f"{run.name}: learning rate and gradient norm",
+            [("learning rate", [("lr", *s("lr"))]), ("gradient norm", [("grad_norm", *s("grad_norm"))])],
+        ),
+        plot(
+            out / "throughput.png",
+            f"{run.name}: throughput",
+            [
+                ("tokens/s", [("tokens/s", *s("tokens_per_s"))]),
+                ("fraction of time waiting for data", [("data wait", *s("data_wait_frac"))]),
+            ],
+        ),
     ]
     rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train]
     last = train[-1] if train else {}
-    rows = [("steps", f"{summary.get('step', last.get('step'))} of {summary.get('max_steps', '?')}"),
-            ("final train loss (MLM + NSP)", last.get("loss")), ("final MLM accuracy (train)", last.get("mlm_acc")),
-            *((k, summary[k]) for k in ("val_loss", "val_mlm_acc", "val_nsp_acc") if k in summary),
-            ("tokens seen", summary.get("tokens", last.get("tokens"))),
-            ("median tokens/s", statistics.median(rates) if rates else None),
-            ("median MFU", statistics.median([r["mfu"] for r in train if "mfu" in r]) if any("mfu" in r for r in train)
-             else "n/a (no peak FLOP/s known for this device)"),
-            ("skipped steps (non-finite loss)", summary.get("skipped_steps", last.get("skipped_steps"))),
-            ("bad samples replaced", summary.get("bad_samples")), ("skipped shards", summary.get("skipped_shards")),
-            ("latest checkpoint", summary.get("checkpoint"))]
+    rows = [
+        ("steps", f"{summary.get('step', last.get('step'))} of {summary.get('max_steps', '?')}"),
+        ("final train loss (MLM + NSP)", last.get("loss")),
+        ("final MLM accuracy (train)", last.get("mlm_acc")),
+        *((k, summary[k]) for k in ("val_loss", "val_mlm_acc", "val_nsp_acc") if k in summary),
+        ("tokens seen", summary.get("tokens", last.get("tokens"))),
+        ("median tokens/s", statistics.median(rates) if rates else None),
+        (
+            "median MFU",
+            statistics.median([r["mfu"] for r in train if "mfu" in r])
+            if any("mfu" in r for r in train)
+            else "n/a (no peak FLOP/s known for this device)",
+        ),
+        ("skipped steps (non-finite loss)", summary.get("skipped_steps", last.get("skipped_steps"))),
+        ("bad samples replaced", summary.get("bad_samples")),
+        ("skipped shards", summary.get("skipped_shards")),
+        ("latest checkpoint", summary.get("checkpoint")),
+    ]
     return [f"# Pretraining run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs)]
 
 
@@ -104,16 +127,28 @@ def finetune_report(run: Path, out: Path) -> list[str]:
     recs = read_jsonl(run / "metrics.jsonl")
     main = res["main_metric"]
     val_keys = sorted({k for r in recs for k in r if k.startswith("val_") and k != "val_loss"})
-    figs = [plot(out / "finetune.png", f"{run.name}: {res['task']}", [
-        ("train loss", [("loss", *series(recs, "loss"))]),
-        ("validation", [(k[4:], *series(recs, k)) for k in val_keys]),
-    ])]
-    rows = [("task", res["task"]), ("main metric", main), ("best step", f"{res.get('best_step')} of {res.get('steps')}"),
-            *((f"validation {k}", v) for k, v in res["validation"].items()),
-            *((f"test {k}", v) for k, v in (res.get("test") or {}).items()),
-            ("seed", res.get("seed")), ("learning rate", res["hyperparameters"].get("lr")),
-            ("source", res.get("source", {}).get("path")),
-            ("random init", res.get("source", {}).get("random_init", False))]
+    figs = [
+        plot(
+            out / "finetune.png",
+            f"{run.name}: {res['task']}",
+            [
+                ("train loss", [("loss", *series(recs, "loss"))]),
+                ("validation", [(k[4:], *series(recs, k)) for k in val_keys]),
+            ],
+        )
+    ]
+    best = f"{res.get('best_step')} of {res.get('steps')}"
+    rows = [
+        ("task", res["task"]),
+        ("main metric", main),
+        ("best step", best),
+        *((f"validation {k}", v) for k, v in res["validation"].items()),
+        *((f"test {k}", v) for k, v in (res.get("test") or {}).items()),
+        ("seed", res.get("seed")),
+        ("learning rate", res["hyperparameters"].get("lr")),
+        ("source", res.get("source", {}).get("path")),
+        ("random init", res.get("source", {}).get("random_init", False)),
+    ]
     return [f"# Finetuning run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs)]
 
 
@@ -124,13 +159,19 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 def sweep_report(sweep: Path, out: Path) -> list[str]:
     jobs = job_dirs(sweep)
-    ovs = {j: dict(o.split("=", 1) for o in yaml.safe_load((j / ".hydra/overrides.yaml").read_text()) or [] if "=" in o)
-           for j in jobs}
+    ovs = {
+        j: dict(o.split("=", 1) for o in yaml.safe_load((j / ".hydra/overrides.yaml").read_text()) or [] if "=" in o)
+        for j in jobs
+    }
     varying = sorted({k for o in ovs.values() for k in o if len({x.get(k) for x in ovs.values()}) > 1})
     label = lambda j: " ".join(f"{k}={ovs[j].get(k, '')}" for k in varying) or j.name  # noqa: E731
     finetune = any((j / "results.json").is_file() for j in jobs)
-    lines = [f"# Sweep `{sweep}`: {len(jobs)} jobs", "", "| job | " + " | ".join(varying) + " | result |",
-             "|---|" + "---|" * (len(varying) + 1)]
+    lines = [
+        f"# Sweep `{sweep}`: {len(jobs)} jobs",
+        "",
+        "| job | " + " | ".join(varying) + " | result |",
+        "|---|" + "---|" * (len(varying) + 1),
+    ]
     names, values = [], []
     for j in jobs:
         if finetune:

@@ -115,6 +115,7 @@ class Batches:
             shuffle=self.cfg.data.shuffle_shards,
             shuffle_block=self.cfg.data.shuffle_block,
             on_bad=self.cfg.data.on_bad_shard,
+            length_buckets=self.cfg.data.length_buckets,
         )
         if ds.batches_per_epoch == 0:
             raise D.DataError(
