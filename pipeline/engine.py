@@ -90,7 +90,12 @@ def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) 
     }
     if engine.zero_stage == 3:
         cfg["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
-    return _merge(cfg, dict(engine.deepspeed_overrides or {}))
+    overrides = engine.deepspeed_overrides or {}
+    if not isinstance(overrides, dict):  # a DictConfig: plain containers, so that nested keys merge
+        from omegaconf import OmegaConf
+
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    return _merge(cfg, overrides)
 
 
 def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
@@ -140,6 +145,12 @@ def gather_lists(items: list) -> list:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (NCCL warns about leaked resources otherwise); a later run in-process rejoins."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Engine:

@@ -212,7 +212,7 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                     )
 
         # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return; checkpoint every N.
-        stop_signal = flag.agreed()
+        stop_signal, _ = flag.agreed()
         stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
         if state.step % cfg.checkpoint.every_steps == 0 or stop_now:
             ckpt.save(engine, state, config_yaml)
@@ -308,9 +308,13 @@ def _finite_or_none(obj):
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from pipeline.engine import shutdown
     from pipeline.pretrain import run_dir_of, sweep_group
 
-    result = finetune(cfg, detect(), run_dir_of(cfg), sweep_group())
+    try:
+        result = finetune(cfg, detect(), run_dir_of(cfg), sweep_group())
+    finally:
+        shutdown()
     if result.stopped_by_signal:
         hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
     return (result.final or {}).get(cfg.task.main_metric)

@@ -33,12 +33,19 @@ class SignalFlag:
             log.warning("received %s: stopping after the current step with a checkpoint", signal.Signals(signum).name)
         self.received = signum
 
-    def agreed(self) -> int:
-        """The signal number if any rank received one (0 otherwise); a collective when distributed."""
-        t = torch.tensor([float(self.received)])
+    def agreed(self, counts: list[float] | None = None) -> tuple[int, list[float]]:
+        """(the signal if any rank received one, else 0; ``counts`` summed over ranks): one collective.
+
+        Riding on the same all-reduce lets the loop sum per-step counters (tokens, samples) for free.
+        """
+        counts = list(counts or [])
+        one_hot = [float(self.received == s) for s in self.signals]
+        t = torch.tensor(counts + one_hot, dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+            dist.all_reduce(t)
+        vals = t.tolist()
+        hit = [s for s, n in zip(self.signals, vals[len(counts) :]) if n > 0]
+        return (int(hit[0]) if hit else 0), vals[: len(counts)]
 
     def restore(self) -> None:
         for s, old in self._old.items():

@@ -32,9 +32,13 @@ def sweep_group() -> str | None:
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from pipeline.engine import shutdown
     from pipeline.trainer import pretrain  # heavy imports after the config is known to be valid
 
-    result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
+    try:
+        result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
+    finally:
+        shutdown()
     if result.stopped_by_signal:
         hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
     return (result.final or {}).get("val_loss")

@@ -313,10 +313,11 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
         state.step += 1
         steps_in_window += 1
+        # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
+        stop_signal, (tokens, samples) = flag.agreed([sums["tokens"], sums["samples"]])
+        state.tokens, state.samples = state.tokens + int(tokens), state.samples + int(samples)
         for k, v in sums.items():
             window[k] = window.get(k, 0.0) + v
-        state.samples += int(sums["samples"])
-        state.tokens += int(sums["tokens"])
         state.skipped_micro += int(sums["skipped_micro"])
         state.skipped_steps += int(info["good_micro"] == 0)
         state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
@@ -367,7 +368,6 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                 result.final = {**(result.final or {}), **val}
 
         # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return.
-        stop_signal = flag.agreed()
         stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
         # Checkpoint every N steps, at the end, and before stopping early.
         at_end = state.step == cfg.max_steps and cfg.checkpoint.at_end

@@ -65,6 +65,7 @@ def test_loss_falls_and_outputs_land_in_run_dir(synth_data, tmp_path):
         "optim.lr=2e-3",
         "optim.warmup_steps=5",
         "logger.every_steps=10",
+        "logger.peak_tflops=0.05",
         "eval.every_steps=30",
         "model.hidden_dropout=0",
         "model.attention_dropout=0",
@@ -84,6 +85,7 @@ def test_loss_falls_and_outputs_land_in_run_dir(synth_data, tmp_path):
         "samples_per_s",
         "data_wait_frac",
         "mem_gb",
+        "mfu",
     ):
         assert key in rec, key
     ds = json.loads((run / "deepspeed_config.json").read_text())
@@ -142,6 +144,8 @@ def test_exact_resume_matches_an_uninterrupted_run(synth_data, tmp_path):
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["step"], k)
         assert ra.get("tokens") == rb.get("tokens")
+    # Counters are over all ranks: 16 steps of a global batch of 16.
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["samples"] == 16 * 16
 
 
 def test_resume_refuses_other_data(synth_data, tmp_path):
@@ -266,3 +270,10 @@ def test_bad_config_fails_before_any_work(synth_data, tmp_path, args, message):
 def test_missing_data_dir_is_named(tmp_path):
     p = pretrain(tmp_path / "nowhere", tmp_path / "run", check=False, timeout=120)
     assert p.returncode != 0 and f"data.path={tmp_path / 'nowhere'}: no such directory" in p.stderr
+
+
+def test_activation_checkpointing_gives_the_same_losses(synth_data, tmp_path):
+    args = ["max_steps=3", "global_batch_size=8", "model.hidden_dropout=0", "model.attention_dropout=0"]
+    pretrain(synth_data, tmp_path / "plain", *args)
+    pretrain(synth_data, tmp_path / "ckpt", *args, "engine.activation_checkpointing=true")
+    assert train_losses(tmp_path / "ckpt") == pytest.approx(train_losses(tmp_path / "plain"), abs=1e-5)
