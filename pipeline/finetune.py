@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -314,7 +315,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = finetune(cfg, detect(), run_dir_of(cfg), sweep_group())
     finally:
-        shutdown()
+        if HydraConfig.get().mode.name != "MULTIRUN":  # sequential sweep jobs in one process share the group
+            shutdown()
     if result.stopped_by_signal:
         hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
     return (result.final or {}).get(cfg.task.main_metric)

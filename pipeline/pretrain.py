@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
     finally:
-        shutdown()
+        if HydraConfig.get().mode.name != "MULTIRUN":  # sequential sweep jobs in one process share the group
+            shutdown()
     if result.stopped_by_signal:
         hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
     return (result.final or {}).get("val_loss")

@@ -127,6 +127,14 @@ class Batches:
         loader = D.make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
         self._it = iter(loader)
 
+    def close(self) -> None:
+        """Stop the loader workers now: they ignore TERM (data.py), so multiprocessing's exit-time terminate()
+        could not stop them if the iterator outlived the run (an exception holding it, say)."""
+        it, self._it = self._it, None
+        stop = getattr(it, "_shutdown_workers", None)  # torch's own shutdown: sentinel, join
+        if stop is not None:
+            stop()
+
     def next(self) -> dict:
         t0 = time.perf_counter()
         if self._it is None:
@@ -303,81 +311,84 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     if spec.skipped_shards:
         metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
 
-    window: dict[str, float] = {}
-    t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
-    result = RunResult(step=state.step)
-    while state.step < cfg.max_steps:
-        # One optimizer step: the accumulation window of micro-batches.
-        micro = [batches.next() for _ in range(plan.accumulation)]
-        state.bad_samples += int(sum(int(m["meta"][3]) for m in micro))
-        sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
-        state.step += 1
-        steps_in_window += 1
-        # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
-        stop_signal, (tokens, samples) = flag.agreed([sums["tokens"], sums["samples"]])
-        state.tokens, state.samples = state.tokens + int(tokens), state.samples + int(samples)
-        for k, v in sums.items():
-            window[k] = window.get(k, 0.0) + v
-        state.skipped_micro += int(sums["skipped_micro"])
-        state.skipped_steps += int(info["good_micro"] == 0)
-        state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
-        bar.update(1)
-        # Too many non-finite steps in a row: stop with a clear error.
-        if state.consecutive_bad >= cfg.nan.max_consecutive:
-            raise FloatingPointError(
-                f"{state.consecutive_bad} steps in a row had a non-finite loss (last at step {state.step}); "
-                f"the run is diverging. Lower optim.lr, raise warmup, or use bf16 instead of fp16. "
-                f"Resume from the last checkpoint in {ckpt.root}."
-            )
+    try:
+        window: dict[str, float] = {}
+        t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
+        result = RunResult(step=state.step)
+        while state.step < cfg.max_steps:
+            # One optimizer step: the accumulation window of micro-batches.
+            micro = [batches.next() for _ in range(plan.accumulation)]
+            state.bad_samples += int(sum(int(m["meta"][3]) for m in micro))
+            sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
+            state.step += 1
+            steps_in_window += 1
+            # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
+            stop_signal, (tokens, samples) = flag.agreed([sums["tokens"], sums["samples"]])
+            state.tokens, state.samples = state.tokens + int(tokens), state.samples + int(samples)
+            for k, v in sums.items():
+                window[k] = window.get(k, 0.0) + v
+            state.skipped_micro += int(sums["skipped_micro"])
+            state.skipped_steps += int(info["good_micro"] == 0)
+            state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
+            bar.update(1)
+            # Too many non-finite steps in a row: stop with a clear error.
+            if state.consecutive_bad >= cfg.nan.max_consecutive:
+                raise FloatingPointError(
+                    f"{state.consecutive_bad} steps in a row had a non-finite loss (last at step {state.step}); "
+                    f"the run is diverging. Lower optim.lr, raise warmup, or use bf16 instead of fp16. "
+                    f"Resume from the last checkpoint in {ckpt.root}."
+                )
 
-        # Log: sums over the window, all-reduced across ranks.
-        if state.step % cfg.logger.every_steps == 0 or state.step == cfg.max_steps:
-            dt = time.perf_counter() - t_window
-            tot = reduce_dict(window, device)
-            used = steps_in_window * plan.accumulation * env.world_size - tot["skipped_micro"]
-            rec = {
-                **summarize(tot, used),
-                "lr": engine.lr(),
-                "grad_norm": engine.grad_norm(),
-                "epoch": state.epoch,
-                "tokens_per_s": tot["tokens"] / dt,
-                "samples_per_s": tot["samples"] / dt,
-                "data_wait_frac": (batches.wait_s - wait0) / dt,
-                "skipped_steps": state.skipped_steps,
-                "skipped_micro": state.skipped_micro,
-                "bad_samples": state.bad_samples,
-                "tokens": state.tokens,
-                **engine.memory(),
-            }
-            if peak:
-                rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * 1e12 * env.world_size)
-            if engine.loss_scale() is not None:
-                rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
-            metrics.log(rec, state.step)
-            bar.set_postfix(
-                loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
-            )
-            window = {}
-            t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
+            # Log: sums over the window, all-reduced across ranks.
+            if state.step % cfg.logger.every_steps == 0 or state.step == cfg.max_steps:
+                dt = time.perf_counter() - t_window
+                tot = reduce_dict(window, device)
+                used = steps_in_window * plan.accumulation * env.world_size - tot["skipped_micro"]
+                rec = {
+                    **summarize(tot, used),
+                    "lr": engine.lr(),
+                    "grad_norm": engine.grad_norm(),
+                    "epoch": state.epoch,
+                    "tokens_per_s": tot["tokens"] / dt,
+                    "samples_per_s": tot["samples"] / dt,
+                    "data_wait_frac": (batches.wait_s - wait0) / dt,
+                    "skipped_steps": state.skipped_steps,
+                    "skipped_micro": state.skipped_micro,
+                    "bad_samples": state.bad_samples,
+                    "tokens": state.tokens,
+                    **engine.memory(),
+                }
+                if peak:
+                    rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * 1e12 * env.world_size)
+                if engine.loss_scale() is not None:
+                    rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
+                metrics.log(rec, state.step)
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
+                )
+                window = {}
+                t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
 
-        # Evaluate on the val shards.
-        if state.step % cfg.eval.every_steps == 0 or (state.step == cfg.max_steps and cfg.eval.at_end):
-            val = evaluate(engine, spec, masker, cfg, env, plan.micro_batch, pin)
-            if val:
-                metrics.log(val, state.step)
-                result.final = {**(result.final or {}), **val}
+            # Evaluate on the val shards.
+            if state.step % cfg.eval.every_steps == 0 or (state.step == cfg.max_steps and cfg.eval.at_end):
+                val = evaluate(engine, spec, masker, cfg, env, plan.micro_batch, pin)
+                if val:
+                    metrics.log(val, state.step)
+                    result.final = {**(result.final or {}), **val}
 
-        # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return.
-        stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
-        # Checkpoint every N steps, at the end, and before stopping early.
-        at_end = state.step == cfg.max_steps and cfg.checkpoint.at_end
-        if state.step % cfg.checkpoint.every_steps == 0 or at_end or stop_now:
-            ckpt.save(engine, state, config_yaml)
-        if stop_now:
-            result.stopped_by_signal = stop_signal
-            break
-    bar.close()
-    flag.restore()
+            # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return.
+            stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
+            # Checkpoint every N steps, at the end, and before stopping early.
+            at_end = state.step == cfg.max_steps and cfg.checkpoint.at_end
+            if state.step % cfg.checkpoint.every_steps == 0 or at_end or stop_now:
+                ckpt.save(engine, state, config_yaml)
+            if stop_now:
+                result.stopped_by_signal = stop_signal
+                break
+    finally:  # stop the loader workers (they ignore TERM, see data.py) and give the signals back
+        batches.close()
+        bar.close()
+        flag.restore()
     result.step = state.step
     if env.rank == 0:
         summary = {

@@ -71,6 +71,7 @@ def test_separable_classification_from_a_pretraining_run_dir(source, tmp_path):
         "checkpoint": "step_00000012",
         "step": 12,
         "loaded_from": str(run / "pretrained" / "step_00000012"),
+        "random_init": False,
     }
     assert r["hyperparameters"]["lr"] == 1e-3 and r["hyperparameters"]["global_batch_size"] == 16
     assert r["seed"] == 42 and r["steps"] == 3 * (256 // 16) and r["validation_examples"] == 101
