@@ -19,13 +19,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import pipeline.config  # noqa: F401 - registers the shared groups (engine, optim)
 import pipeline.finetune_config  # noqa: F401 - registers finetune_schema and task_schema
-from launch.distenv import DistEnv, detect
+from launch.distenv import DistEnv
 from pipeline.checkpoint import CheckpointManager, TrainState
 from pipeline.engine import (
     ConfigError,
@@ -45,7 +44,7 @@ from pipeline.finetune_model import build_task_model, materialize, resolve_sourc
 from pipeline.finetune_tasks import TaskDataError, collate, featurize, load_task
 from pipeline.metrics import build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.preempt import SignalFlag, hand_over
+from pipeline.preempt import SignalFlag
 from pipeline.trainer import RunResult
 
 log = logging.getLogger("pipeline.finetune")
@@ -309,17 +308,9 @@ def _finite_or_none(obj):
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.engine import shutdown
-    from pipeline.pretrain import run_dir_of, sweep_group
+    from pipeline.pretrain import run_stage
 
-    try:
-        result = finetune(cfg, detect(), run_dir_of(cfg), sweep_group())
-    finally:
-        if HydraConfig.get().mode.name != "MULTIRUN":  # sequential sweep jobs in one process share the group
-            shutdown()
-    if result.stopped_by_signal:
-        hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
-    return (result.final or {}).get(cfg.task.main_metric)
+    return (run_stage(finetune, cfg).final or {}).get(cfg.task.main_metric)
 
 
 if __name__ == "__main__":

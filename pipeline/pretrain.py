@@ -30,19 +30,27 @@ def sweep_group() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
 
 
-@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def run_stage(stage, cfg: DictConfig):
+    """The Hydra entry points' shared tail: run ``stage(cfg, env, run_dir, group)``, leave the process group
+    (except between in-process sweep jobs, which share it), and hand a stop signal over (submitit requeues on
+    USR2; otherwise exit 75)."""
     from pipeline.engine import shutdown
-    from pipeline.trainer import pretrain  # heavy imports after the config is known to be valid
 
     try:
-        result = pretrain(cfg, detect(), run_dir_of(cfg), sweep_group())
+        result = stage(cfg, detect(), run_dir_of(cfg), sweep_group())
     finally:
-        if HydraConfig.get().mode.name != "MULTIRUN":  # sequential sweep jobs in one process share the group
+        if HydraConfig.get().mode.name != "MULTIRUN":
             shutdown()
     if result.stopped_by_signal:
-        hand_over(result.stopped_by_signal)  # submitit requeues (USR2); otherwise exit 75
-    return (result.final or {}).get("val_loss")
+        hand_over(result.stopped_by_signal)
+    return result
+
+
+@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from pipeline.trainer import pretrain  # heavy imports after the config is known to be valid
+
+    return (run_stage(pretrain, cfg).final or {}).get("val_loss")
 
 
 if __name__ == "__main__":
