@@ -116,8 +116,8 @@ from transformers import (AutoTokenizer, BertForPreTraining, DataCollatorForLang
                           TrainingArguments, TrainerCallback)
 from omegaconf import OmegaConf
 sys.path.insert(0, sys.argv[1])
-from pipeline import data as D
-from pipeline.model import bert_config
+from pipeline.pretrain import data as D
+from pipeline.pretrain.model import bert_config
 data, preset, steps, batch = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 spec = D.load_data_spec(data)
 samples = []
@@ -129,7 +129,7 @@ for shard in spec.train:
         if len(samples) >= steps * batch:
             break
 tok = AutoTokenizer.from_pretrained(spec.tokenizer_dir)
-from pipeline.config import ModelConfig
+from pipeline.pretrain.config import ModelConfig
 raw = OmegaConf.load(Path(sys.argv[1]) / "conf/model" / f"{preset}.yaml")
 raw.pop("defaults", None)
 mcfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
@@ -167,7 +167,7 @@ def run_baseline(data: Path, model: str, steps: int, batch: int, precision: str 
 
 
 def loader_rate(data: Path, batch: int) -> float:
-    from pipeline import data as D
+    from pipeline.pretrain import data as D
 
     spec = D.load_data_spec(data)
     masker = D.Masker(spec, 0.15, None, 8, False)

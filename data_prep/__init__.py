@@ -2,10 +2,24 @@
 
 python -m data_prep input=CORPUS output=DIR          # see data_prep/README.md
 from data_prep import prepare; manifest = prepare(DataPrepConfig(input=..., output=...))
+
+The names below load on first use: training imports ``data_prep.format`` (the on-disk format) without pulling in
+the corpus readers (blingfire, mwparserfromhell, zstandard) that ``prepare`` needs.
 """
 
-from data_prep.config import DataPrepConfig, TokenizerConfig
-from data_prep.manifest import format_summary, merge
-from data_prep.run import prepare
+from importlib import import_module
 
-__all__ = ["DataPrepConfig", "TokenizerConfig", "prepare", "merge", "format_summary"]
+_EXPORTS = {
+    "DataPrepConfig": "data_prep.config",
+    "TokenizerConfig": "data_prep.config",
+    "prepare": "data_prep.run",
+    "merge": "data_prep.manifest",
+    "format_summary": "data_prep.manifest",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'data_prep' has no attribute {name!r}")

@@ -31,13 +31,13 @@ from data_prep.config import (
     resolve_workers,
     to_config,
 )
+from data_prep.format import ids_dtype
 from data_prep.manifest import PARTS, MergeError, merge, part_path
 from data_prep.shards import DONE, sidecar_path, write_json_atomic
 from data_prep.sources import WIKI, ReadStats, Source, expand_inputs, read_documents
 from data_prep.text import paragraphs
 from data_prep.wiki import wikitext_to_text
 from data_prep.worker import Chunk, WorkerParams, init_worker, process_chunk
-from pipeline.records import ids_dtype
 
 log = logging.getLogger("data_prep")
 

@@ -85,7 +85,7 @@ class UstarWriter:
 
 
 def write_shard(out_dir: str, name: str, samples) -> tuple[str, int]:
-    """Write `samples` (already bytes, see pipeline.records.encode_sample) atomically; returns (sha256, size)."""
+    """Write `samples` (already bytes, see data_prep.format.encode_sample) atomically; returns (sha256, size)."""
     tmp = os.path.join(out_dir, f".{name}.tmp")
     with open(tmp, "wb", buffering=1 << 20) as f:
         out = _HashingFile(f)

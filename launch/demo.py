@@ -126,9 +126,9 @@ def check_configs(prep: list[str], pretrain: list[str], finetune: list[str]) -> 
     """Compose every stage's config before any work: a misspelt key or preset fails here."""
     from hydra import compose, initialize_config_dir
 
-    import data_prep  # noqa: F401 - registers data_prep_schema
-    import pipeline.config  # noqa: F401
-    import pipeline.finetune_config  # noqa: F401
+    import data_prep.config  # noqa: F401 - registers data_prep_schema
+    import pipeline.finetune.config  # noqa: F401 - registers the stages' schemas
+    import pipeline.pretrain.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for name, overrides in (("data_prep", prep), ("pretrain", pretrain), ("finetune", finetune)):

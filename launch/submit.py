@@ -4,7 +4,8 @@
         data.path=/data/wiki model=bert-base engine=gpu run_dir=checkpoints/base
 
 Everything after ``--`` is a Hydra override of the stage's config (conf/pretrain.yaml or conf/finetune.yaml).
-One task per GPU; the tasks find each other through Slurm's variables (launch/distenv.py). On the time-limit
+One task per GPU; the tasks find each other through Slurm's variables (pipeline/dist.py). Defaults come from
+conf/hydra/launcher/slurm.yaml, the Hydra launcher's preset. On the time-limit
 warning (USR2, ``--signal-delay`` seconds before the limit) every rank finishes its step, all save, and the job is
 requeued; it resumes from run_dir. ``--local`` runs the same job with submitit's LocalExecutor (no Slurm).
 """
@@ -17,29 +18,42 @@ import sys
 from pathlib import Path
 
 import submitit
+import yaml
 
 from launch.checks import LaunchError, check_slurm_request
 from launch.job import TrainJob
 
+PRESET = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "launcher" / "slurm.yaml"
+
+
+def preset() -> dict:
+    """The Slurm defaults, shared with the Hydra launcher preset (conf/hydra/launcher/slurm.yaml)."""
+    return yaml.safe_load(PRESET.read_text())
+
 
 def build_parser() -> argparse.ArgumentParser:
+    d = preset()
     p = argparse.ArgumentParser(
         prog="python -m launch.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--stage", choices=["pretrain", "finetune"], default="pretrain")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--tasks-per-node", type=int, default=1, help="one per GPU")
-    p.add_argument("--gpus-per-node", type=int, default=None)
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--mem-gb", type=int, default=None)
-    p.add_argument("--time", type=int, default=240, help="time limit in minutes")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--account", default=None)
-    p.add_argument("--qos", default=None)
-    p.add_argument("--constraint", default=None)
+    p.add_argument("--nodes", type=int, default=d["nodes"])
+    p.add_argument("--tasks-per-node", type=int, default=d["tasks_per_node"], help="one per GPU")
+    p.add_argument("--gpus-per-node", type=int, default=d["gpus_per_node"])
+    p.add_argument("--cpus-per-task", type=int, default=d["cpus_per_task"])
+    p.add_argument("--mem-gb", type=int, default=d["mem_gb"])
+    p.add_argument("--time", type=int, default=d["timeout_min"], help="time limit in minutes")
+    p.add_argument("--partition", default=d["partition"])
+    p.add_argument("--account", default=d["account"])
+    p.add_argument("--qos", default=d["qos"])
+    p.add_argument("--constraint", default=d["constraint"])
     p.add_argument("--exclusive", action="store_true")
-    p.add_argument("--signal-delay", type=int, default=180, help="seconds before the limit that USR2 arrives")
-    p.add_argument("--max-timeouts", type=int, default=20, help="requeues after reaching the time limit")
+    p.add_argument(
+        "--signal-delay", type=int, default=d["signal_delay_s"], help="seconds before the limit that USR2 arrives"
+    )
+    p.add_argument(
+        "--max-timeouts", type=int, default=d["max_num_timeout"], help="requeues after reaching the time limit"
+    )
     p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="more sbatch parameters")
     p.add_argument("--folder", default=None, help="submitit logs (default: <run_dir>/submitit)")
     p.add_argument("--local", action="store_true", help="submitit LocalExecutor instead of Slurm")

@@ -4,14 +4,14 @@ Layout in ``run_dir/checkpoints/``::
 
     step_00001000/          DeepSpeed's files (model, optimizer, scheduler; any ZeRO stage)
         rank_00000.pt       per-rank RNG states (torch, CUDA, Python) — loaded with weights_only=True
-        trainer_state.json  step, data position, counters, data fingerprint, W&B id (written by rank 0)
+        trainer_state.json  step, data position, counters, data fingerprint (written by rank 0)
         config.yaml         the resolved config
         COMPLETE            written last, after every rank finished (barrier)
     latest.json             {"tag": ..., "step": ...}, replaced atomically after COMPLETE exists
 
 DeepSpeed's own ``latest`` file is never written (``save_latest=False``): DeepSpeed writes it with a plain write
-before its final barrier, so a crash could leave it naming a partial checkpoint (../shared/FACTS.md). A folder
-without ``COMPLETE`` is never loaded; it is removed when the next save starts.
+before its final barrier, so a crash could leave it naming a partial checkpoint. A folder without ``COMPLETE`` is
+never loaded; it is removed when the next save starts.
 """
 
 from __future__ import annotations
@@ -40,12 +40,10 @@ class TrainState:
     skipped_micro: int = 0  # micro-batches dropped for a non-finite loss
     consecutive_bad: int = 0
     bad_samples: int = 0
-    elapsed_s: float = 0.0
     world_size: int = 1
     streams_per_rank: int = 1
     data_fingerprint: str = ""
     tokenizer_sha256: str = ""
-    wandb_id: str | None = None
     best: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""The one wrapper around DeepSpeed: process group, generated DeepSpeed config, train step, eval step, save, load.
+"""The one wrapper around DeepSpeed: process group, generated DeepSpeed config, train step, eval step, save, load,
+and the fp32 consolidation of a checkpoint for export.
 
 No other module imports ``deepspeed``. The model stays a plain ``nn.Module``.
 """
@@ -16,14 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from launch.distenv import DistEnv, export
-from pipeline.config import EngineConfig, OptimConfig
+from pipeline.config import ConfigError, EngineConfig, OptimConfig
+from pipeline.dist import DistEnv, all_reduce_max, export
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A bad combination of settings, reported before any process group or model is built."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +51,6 @@ def plan_batch(global_batch: int, world: int, engine: EngineConfig) -> BatchPlan
 def check_engine_config(engine: EngineConfig) -> None:
     if engine.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"engine.zero_stage={engine.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2 and 3")
-    if engine.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"engine.precision={engine.precision}: expected fp32, bf16 or fp16")
     if engine.loader_workers < 0:
         raise ConfigError("engine.loader_workers must be >= 0")
 
@@ -127,32 +122,6 @@ def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
     return device
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def gather_lists(items: list) -> list:
-    """Concatenate a small picklable list from every rank (our own objects: never data from outside)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return list(items)
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, list(items))
-    return [x for part in out for x in part]
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def shutdown() -> None:
-    """Leave the process group (NCCL warns about leaked resources otherwise); a later run in-process rejoins."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 class Engine:
     """DeepSpeed engine + our step semantics (non-finite losses skipped by agreement of all ranks)."""
 
@@ -195,10 +164,7 @@ class Engine:
         return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "meta"}
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
-        flag = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1)).item())
 
     def train_step(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[dict, dict]:
         """One optimizer step over the accumulation window.
@@ -236,7 +202,7 @@ class Engine:
                 sums[k] = sums.get(k, 0.0) + v
             sums["tokens"] += float(mb["attention_mask"].sum())
             sums["samples"] += mb["input_ids"].shape[0]
-        return sums, {"good_micro": good, "applied": good > 0 and self.ds.was_step_applied()}
+        return sums, {"good_micro": good}
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict:
@@ -276,6 +242,21 @@ class Engine:
         import psutil
 
         return {"mem_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of a checkpoint of any ZeRO stage (DeepSpeed's own consolidation); stage 0 reads the model file."""
+    folder = Path(ckpt_root) / tag
+    if any(folder.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag)
+    else:
+        states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+        sd = dict(states["module"])
+        for alias, target in (states.get("shared_params") or {}).items():
+            sd.setdefault(alias, sd[target])
+    return {k: v.float().contiguous() for k, v in sd.items()}
 
 
 def write_json(path: Path, obj) -> None:

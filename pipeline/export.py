@@ -1,9 +1,10 @@
 """python -m pipeline.export run_dir=DIR [step=N] [output=HF_DIR]
 
 Turns a pretraining checkpoint of any ZeRO stage into a Hugging Face directory: config.json, model.safetensors
-(fp32, consolidated by DeepSpeed's own zero_to_fp32), the tokenizer files, and a README with the training config
-and the data manifest's summary. ``transformers.BertForPreTraining`` / ``AutoModel`` /
-``AutoModelForSequenceClassification`` load it directly.
+(fp32, consolidated by DeepSpeed's own zero_to_fp32 through pipeline.engine), the tokenizer files, and a README with
+the training config and the data manifest's summary. It reads the run_dir alone (its tokenizer/ and data.json,
+written when pretraining started), so the data directory may have moved or gone. ``transformers.BertForPreTraining``,
+``AutoModel`` and ``AutoModelForSequenceClassification`` load it directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -40,39 +40,30 @@ def find_checkpoint(run_dir: Path, step: int | None) -> tuple[Path, str]:
     return mgr.root, tag
 
 
-def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 weights of any ZeRO stage (DeepSpeed's consolidation); stage 0 reads the model file directly."""
-    folder = ckpt_root / tag
-    if any(folder.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag)
-    else:
-        states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
-        sd = dict(states["module"])
-        for alias, target in (states.get("shared_params") or {}).items():
-            sd.setdefault(alias, sd[target])
-    return {k: v.float().contiguous() for k, v in sd.items()}
-
-
 def export(run_dir: str | Path, step: int | None = None, output: str | Path | None = None) -> Path:
     from transformers import BertForPreTraining
 
-    from pipeline.data import load_data_spec
-    from pipeline.model import bert_config
+    from pipeline.engine import consolidated_state_dict
+    from pipeline.pretrain.data import RUN_TOKENIZER, run_data
+    from pipeline.pretrain.model import bert_config
 
     run_dir = Path(run_dir)
     ckpt_root, tag = find_checkpoint(run_dir, step)
     cfg = OmegaConf.load(ckpt_root / tag / "config.yaml")
     state = json.loads((ckpt_root / tag / "trainer_state.json").read_text())
     out = Path(output) if output else run_dir / "hf" / tag
-    spec = load_data_spec(cfg.data.path)
+    data, tokenizer_dir = run_data(run_dir), run_dir / RUN_TOKENIZER
+    if data is None or not tokenizer_dir.is_dir():
+        raise ExportError(
+            f"{run_dir} has no data.json or tokenizer/ (a run_dir from before they were kept): rerun pretraining in "
+            f"it for one step with its original data.path ({cfg.data.path}) to add them, then export again"
+        )
 
     sd = consolidated_state_dict(ckpt_root, tag)
     if cfg.model.init_from:
         config = BertForPreTraining.config_class.from_pretrained(cfg.model.init_from)
     else:
-        config = bert_config(cfg.model, spec.vocab_size, spec.special_ids["pad"])
+        config = bert_config(cfg.model, data["vocab_size"], data["special_ids"]["pad"])
     config.architectures = ["BertForPreTraining"]
     model = BertForPreTraining(config)
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -84,17 +75,17 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
         )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    for f in spec.tokenizer_dir.iterdir():
+    for f in tokenizer_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, out / f.name)
-    write_card(out, cfg, state, spec.manifest, tag)
+    write_card(out, cfg, state, data, tag)
     log.info("exported %s/%s to %s", ckpt_root, tag, out)
     return out
 
 
-def write_card(out: Path, cfg, state: dict, manifest: dict, tag: str) -> None:
-    splits = manifest.get("splits", {})
-    docs = manifest.get("documents", {})
+def write_card(out: Path, cfg, state: dict, data: dict, tag: str) -> None:
+    splits = data.get("splits", {})
+    docs = data.get("documents", {})
     lines = [
         "---",
         "library_name: transformers",
@@ -105,7 +96,7 @@ def write_card(out: Path, cfg, state: dict, manifest: dict, tag: str) -> None:
         f"Checkpoint `{tag}`: step {state.get('step')}, {state.get('samples')} samples, {state.get('tokens')} tokens.",
         "",
         "## Data",
-        f"- seq_len {manifest.get('seq_len')}, fingerprint `{manifest.get('fingerprint', '')[:16]}`",
+        f"- seq_len {data.get('seq_len')}, fingerprint `{data.get('fingerprint', '')[:16]}`",
         *(
             f"- {k}: {v.get('shards')} shards, {v.get('samples')} samples, {v.get('tokens', '?')} tokens"
             for k, v in splits.items()
@@ -124,7 +115,7 @@ def write_card(out: Path, cfg, state: dict, manifest: dict, tag: str) -> None:
 def main() -> None:
     import hydra
 
-    import pipeline.config  # noqa: F401
+    import pipeline.config  # noqa: F401 - registers export_schema
 
     @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
     def _run(cfg) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import webdataset as wds
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from pipeline import records
+from data_prep import format as records
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import webdataset as wds
 
 from data_prep import DataPrepConfig
-from pipeline.records import check_sample, decode_ids, decode_meta
+from data_prep.format import check_sample, decode_ids, decode_meta
 
 
 def package_dir(name: str) -> str:

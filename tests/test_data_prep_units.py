@@ -12,11 +12,11 @@ from test_data_prep_helpers import MINILM, lee_docs
 from tokenizers import Tokenizer
 
 from data_prep import tokenizer as tokenization
+from data_prep.format import encode_sample, sample_key
 from data_prep.instances import _truncate, create_instances
 from data_prep.shards import TAR_MTIME, UstarWriter
 from data_prep.text import sentences
 from data_prep.wiki import wikitext_to_text
-from pipeline.records import encode_sample, sample_key
 
 
 def _original_truncate(la: int, lb: int, max_num_tokens: int) -> tuple[int, int]:

@@ -30,8 +30,9 @@ def _batch():
 def test_export_loads_in_transformers_with_the_trainers_logits(runs, tmp_path, stage):
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertForPreTraining
 
-    from pipeline.export import consolidated_state_dict, export, find_checkpoint
-    from pipeline.model import BertPretrainer
+    from pipeline.engine import consolidated_state_dict
+    from pipeline.export import export, find_checkpoint
+    from pipeline.pretrain.model import BertPretrainer
 
     run = runs[stage]
     out = export(run, None, tmp_path / "hf")

@@ -200,7 +200,7 @@ def test_ner_from_conll_files(source, tmp_path):
 
 
 def test_question_answering_with_sliding_windows(source, tmp_path):
-    from pipeline.finetune_metrics import qa_metrics
+    from pipeline.finetune.metrics import qa_metrics
 
     S.squad(tmp_path / "train.json", 120, 1)
     S.squad(tmp_path / "dev.json", 31, 2)
@@ -230,7 +230,7 @@ def test_question_answering_with_sliding_windows(source, tmp_path):
 def test_lora_trains_only_adapters_and_the_head(source, tmp_path):
     from safetensors.torch import load_file
 
-    from pipeline.export import consolidated_state_dict
+    from pipeline.engine import consolidated_state_dict
 
     run = tmp_path / "lora"
     finetune(

@@ -23,7 +23,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import pipeline.finetune_config  # noqa: F401 - registers the schemas
+    import pipeline.finetune.config  # noqa: F401 - registers the schemas
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="finetune", overrides=overrides)
@@ -46,7 +46,7 @@ def tokenizer(tmp_path_factory):
 
 
 def test_classification_metrics_by_hand():
-    from pipeline.finetune_metrics import classification_metrics
+    from pipeline.finetune.metrics import classification_metrics
 
     gold = [1, 1, 1, 0, 0, 0, 1, 0]
     pred = [1, 1, 0, 0, 0, 1, 1, 0]  # TP 3, FN 1, TN 3, FP 1
@@ -60,7 +60,7 @@ def test_classification_metrics_by_hand():
 
 
 def test_regression_metrics_by_hand():
-    from pipeline.finetune_metrics import regression_metrics
+    from pipeline.finetune.metrics import regression_metrics
 
     m = regression_metrics([1, 2, 3, 4], [2, 4, 9, 6])
     # deviations (-1.5, -.5, .5, 1.5) and (-3.25, -1.25, 3.75, .75): r = 8.5 / sqrt(5 * 26.75)
@@ -71,7 +71,7 @@ def test_regression_metrics_by_hand():
 
 
 def test_seqeval_entity_f1_by_hand():
-    from pipeline.finetune_metrics import token_metrics
+    from pipeline.finetune.metrics import token_metrics
 
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-LOC", "O"]]
     pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-LOC", "I-LOC"]]
@@ -83,7 +83,7 @@ def test_seqeval_entity_f1_by_hand():
 
 
 def test_squad_normalisation_em_f1_by_hand():
-    from pipeline.finetune_metrics import normalize_answer, qa_metrics, squad_em, squad_f1
+    from pipeline.finetune.metrics import normalize_answer, qa_metrics, squad_em, squad_f1
 
     assert normalize_answer("The  Cat, sat!") == "cat sat"
     assert normalize_answer("an apple a day") == "apple day"
@@ -96,7 +96,7 @@ def test_squad_normalisation_em_f1_by_hand():
 
 
 def test_best_span_skips_question_tokens_and_long_spans():
-    from pipeline.finetune_metrics import best_span
+    from pipeline.finetune.metrics import best_span
 
     context = "abc def ghi jkl"
     offsets = [None, None, (0, 3), (4, 7), (8, 11), (12, 15), None]
@@ -113,13 +113,13 @@ def test_best_span_skips_question_tokens_and_long_spans():
 
 
 def _task(**kw):
-    from pipeline.finetune_config import TaskConfig
+    from pipeline.finetune.config import TaskConfig
 
     return OmegaConf.merge(OmegaConf.structured(TaskConfig), {"name": "t", "main_metric": "f1", **kw})
 
 
 def test_token_labels_on_first_subword_only(tokenizer):
-    from pipeline.finetune_tasks import Split, featurize
+    from pipeline.finetune.tasks import Split, featurize
 
     task = _task(type="token_classification")
     split = Split(
@@ -143,7 +143,7 @@ def test_token_labels_on_first_subword_only(tokenizer):
 
 
 def test_qa_windows_cover_long_contexts(tokenizer, tmp_path):
-    from pipeline.finetune_tasks import featurize, load_task
+    from pipeline.finetune.tasks import featurize, load_task
     from tests.finetune_synth import squad
 
     squad(tmp_path / "t.json", 6, 0, context_words=40)
@@ -173,11 +173,11 @@ def test_qa_windows_cover_long_contexts(tokenizer, tmp_path):
 
 
 def test_train_batches_split_each_global_batch_evenly():
-    from launch.distenv import DistEnv
     from pipeline.checkpoint import TrainState
     from pipeline.config import EngineConfig
+    from pipeline.dist import DistEnv
     from pipeline.engine import plan_batch
-    from pipeline.finetune import train_micro_batches
+    from pipeline.finetune.loop import train_micro_batches
 
     feats = [{"input_ids": [2, 5 + i, 3], "attention_mask": [1, 1, 1], "labels": i % 2, "index": i} for i in range(50)]
     plan = plan_batch(8, 2, EngineConfig(micro_batch_size=2))
@@ -199,7 +199,7 @@ def test_train_batches_split_each_global_batch_evenly():
 
 
 def test_eval_pads_to_equal_batches_and_drops_the_padding(monkeypatch):
-    import pipeline.finetune_eval as E
+    import pipeline.finetune.eval as E
 
     class FakeEngine:
         def __init__(self):
@@ -285,9 +285,9 @@ def _cls_task(tmp_path, train_rows, val_rows, *extra):
 
 
 def test_bad_inputs_are_named(tmp_path):
-    from pipeline.engine import ConfigError
-    from pipeline.finetune_model import resolve_source
-    from pipeline.finetune_tasks import TaskDataError, load_task
+    from pipeline.config import ConfigError
+    from pipeline.finetune.model import resolve_source
+    from pipeline.finetune.tasks import TaskDataError, load_task
 
     rows = [{"text": "w1 w2", "label": "a"}, {"text": "w3", "label": "b"}]
     with pytest.raises(
@@ -414,7 +414,7 @@ def test_collect_takes_the_median_over_seeds_at_the_best_lr(tmp_path):
 def test_model_dropout_override_reaches_the_config(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from pipeline.finetune_model import build_task_model
+    from pipeline.finetune.model import build_task_model
     from tests.synth import write_tokenizer
 
     d = tmp_path / "hf"

@@ -10,7 +10,7 @@ from dataclasses import astuple
 import pytest
 
 from launch.checks import LaunchError, check_slurm_request
-from launch.distenv import detect, expand_first_host
+from pipeline.dist import detect, expand_first_host
 from tests.conftest import ROOT, TINY, child_env, run_module, train_losses
 
 

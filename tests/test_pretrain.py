@@ -26,8 +26,8 @@ def pretrain(data, run_dir, *extra, nproc=1, check=True, timeout=600):
 def test_model_forward_equals_hf_bert_for_pretraining():
     from transformers import BertForPreTraining
 
-    from pipeline.config import ModelConfig
-    from pipeline.model import build_model
+    from pipeline.pretrain.config import ModelConfig
+    from pipeline.pretrain.model import build_model
 
     cfg = OmegaConf.structured(ModelConfig(name="t", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def test_nan_steps_are_skipped_then_stop_the_run(synth_data, tmp_path):
     recs = {r["step"]: r for r in read_metrics(run) if "loss" in r}
     assert recs[2]["skipped_steps"] == 0 and recs[3]["skipped_steps"] == 1 and recs[6]["skipped_steps"] == 1
     # The skipped step changed no weight.
-    from pipeline.export import consolidated_state_dict
+    from pipeline.engine import consolidated_state_dict
 
     w2 = consolidated_state_dict(run / "checkpoints", "step_00000002")
     w3 = consolidated_state_dict(run / "checkpoints", "step_00000003")
@@ -258,7 +258,7 @@ def test_wandb_offline_run_holds_the_metrics_and_resumes_the_same_run(synth_data
         (["global_batch_size=10", "engine.micro_batch_size=4"], "does not divide the per-rank batch"),
         (["model=bert-huge"], "Could not find 'model/bert-huge'"),
         (["engine.zero_stag=2"], "zero_stag"),
-        (["engine.precision=fp8"], "expected fp32, bf16 or fp16"),
+        (["engine.precision=fp8"], "expected one of [fp32, bf16, fp16]"),
     ],
 )
 def test_bad_config_fails_before_any_work(synth_data, tmp_path, args, message):

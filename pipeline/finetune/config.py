@@ -2,13 +2,13 @@
 
 ``conf/finetune.yaml`` extends ``finetune_schema``; every ``conf/task/<name>.yaml`` extends ``task_schema``. The
 engine, optim, logger, checkpoint, NaN and preemption groups are the pretraining ones (pipeline/config.py), so the
-same ZeRO stages, precisions and launchers apply. Import this module (not only ``pipeline.config``) before composing
-``finetune``.
+same ZeRO stages, precisions and launchers apply.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -22,13 +22,18 @@ from pipeline.config import (
     PreemptConfig,
 )
 
-TASK_TYPES = ("classification", "regression", "token_classification", "question_answering")
+
+class TaskType(StrEnum):
+    classification = "classification"
+    regression = "regression"
+    token_classification = "token_classification"
+    question_answering = "question_answering"
 
 
 @dataclass
 class TaskConfig:
     name: str = MISSING
-    type: str = MISSING  # classification | regression | token_classification | question_answering
+    type: TaskType = MISSING
     # Hugging Face hub dataset (needs the hub); ignored when data_files.train is set.
     hub_dataset: str | None = None
     hub_config: str | None = None

@@ -12,18 +12,19 @@ batched and masked with a generator seeded by (seed, epoch, stream, batch): the 
 seed and the position, so resuming at batch k reproduces the uninterrupted run exactly. Resuming opens the shard
 that holds the block of batch k directly: only that one shard is read from its start.
 
-Shards are read with webdataset's tar iterators; samples are decoded by pipeline/records.py only (never pickle).
+Shards are read with webdataset's tar iterators; samples are decoded by data_prep/format.py only (never pickle).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import shutil
 import signal
 import tarfile
+import time
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,81 +33,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline import records
+from data_prep import format as records
+from data_prep.format import DataError, DataSpec, Shard, load_data_spec  # noqa: F401 - the loader's public names
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad or missing data: the message names the file and what to do."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    name: str
-    url: str
-    samples: int
-    bytes: int
-    sha256: str
-
-
-@dataclass
-class DataSpec:
-    root: Path
-    manifest: dict
-    train: list[Shard]
-    val: list[Shard]
-    seq_len: int
-    vocab_size: int
-    special_ids: dict[str, int]
-    fingerprint: str
-    tokenizer_sha256: str
-    skipped_shards: list[str] = field(default_factory=list)
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / self.manifest.get("tokenizer", {}).get("path", "tokenizer")
-
-
-def load_data_spec(path: str | os.PathLike) -> DataSpec:
-    root = Path(path)
-    mf = root / "manifest.json"
-    if not root.is_dir():
-        raise DataError(
-            f"data.path={path}: no such directory. Prepare shards first: python -m data_prep input=... output={path}"
-        )
-    if not mf.is_file():
-        parts = sorted(root.glob("manifest.part-*.json"))
-        hint = f" Found {len(parts)} part manifests: merge them with python -m data_prep.merge {path}" if parts else ""
-        raise DataError(f"data.path={path}: {mf} is missing; it is written by data_prep at the end of a run.{hint}")
-    try:
-        manifest = json.loads(mf.read_text())
-        tok = manifest["tokenizer"]
-        shards = [
-            Shard(s["name"], str(root / s["name"]), int(s["samples"]), int(s.get("bytes", -1)), s.get("sha256", ""))
-            for s in manifest["shards"]
-        ]
-        spec = DataSpec(
-            root=root,
-            manifest=manifest,
-            train=[s for s, raw in zip(shards, manifest["shards"]) if raw["split"] == "train"],
-            val=[s for s, raw in zip(shards, manifest["shards"]) if raw["split"] == "val"],
-            seq_len=int(manifest["seq_len"]),
-            vocab_size=int(tok["vocab_size"]),
-            special_ids={k: int(v) for k, v in tok["special_ids"].items()},
-            fingerprint=manifest.get("fingerprint", ""),
-            tokenizer_sha256=tok.get("sha256", ""),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(
-            f"{mf}: not a data_prep manifest ({type(e).__name__}: {e}); regenerate it with data_prep"
-        ) from e
-    for key in ("cls", "sep", "pad", "mask"):
-        if key not in spec.special_ids:
-            raise DataError(f"{mf}: tokenizer.special_ids lacks '{key}'")
-    if not spec.train:
-        raise DataError(f"{mf}: no train shards listed (the corpus may be too small; see documents.skipped)")
-    return spec
 
 
 def verify_shards(spec: DataSpec, mode: str, on_bad: str, rank: int = 0, world: int = 1, gather=None) -> list[str]:
@@ -153,6 +83,47 @@ def verify_shards(spec: DataSpec, mode: str, on_bad: str, rank: int = 0, world: 
     if not spec.train:
         raise DataError(f"every train shard in {spec.root} is bad: {'; '.join(bad)}")
     return spec.skipped_shards
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run_dir keeps of its data (export, finetune and report read only the run_dir)
+
+RUN_DATA = "data.json"
+RUN_TOKENIZER = "tokenizer"
+
+
+def keep_in_run_dir(spec: DataSpec, run_dir: Path) -> None:
+    """Rank 0, at the start of a run: copy the tokenizer into ``run_dir/tokenizer/`` and write ``run_dir/data.json``
+    (vocabulary size, special ids, seq_len, fingerprints, the manifest's summary), so the data directory may move."""
+    record = {
+        "path": str(spec.root.resolve()),
+        "seq_len": spec.seq_len,
+        "vocab_size": spec.vocab_size,
+        "special_ids": spec.special_ids,
+        "fingerprint": spec.fingerprint,
+        "tokenizer_sha256": spec.tokenizer_sha256,
+        "splits": spec.manifest.get("splits", {}),
+        "documents": spec.manifest.get("documents", {}),
+        "tokenizer": {k: v for k, v in spec.manifest.get("tokenizer", {}).items() if k != "path"},
+    }
+    tok = Path(run_dir) / RUN_TOKENIZER
+    old = run_data(run_dir)
+    if not (tok.is_dir() and old and old.get("tokenizer_sha256") == spec.tokenizer_sha256):
+        tmp = tok.with_name(f".{RUN_TOKENIZER}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(spec.tokenizer_dir, tmp)
+        shutil.rmtree(tok, ignore_errors=True)
+        tmp.rename(tok)
+    path = Path(run_dir) / RUN_DATA
+    tmp = path.with_name(f".{RUN_DATA}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def run_data(run_dir: Path) -> dict | None:
+    """``run_dir/data.json`` (None for a run_dir written before it existed)."""
+    path = Path(run_dir) / RUN_DATA
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,7 +403,12 @@ class PretrainStreams(IterableDataset):
                 chunk, pending = pending[: self.mbs], pending[self.mbs :]
                 rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
                 batch = self.masker([x for x, _ in chunk], rng)
-                batch["meta"] = torch.tensor([self.epoch, stream, batch_idx, sum(b for _, b in chunk)])
+                batch["meta"] = {
+                    "epoch": self.epoch,
+                    "stream": stream,
+                    "batch": batch_idx,
+                    "bad_samples": sum(b for _, b in chunk),  # replaced by a good sample of the block
+                }
                 yield batch
                 batch_idx += 1
             block_idx += 1
@@ -490,3 +466,69 @@ def make_loader(ds: PretrainStreams, workers: int, prefetch_factor: int, pin_mem
     # and a resumed run (which creates its iterator at another time) would draw different dropout masks.
     gen = torch.Generator().manual_seed(0)
     return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=gen, **kw)
+
+
+class Batches:
+    """This rank's micro-batches from a position on, across epochs, with the time spent waiting for them.
+
+    ``position`` is any object with ``epoch`` and ``batch_in_epoch`` (the trainer's state): it is advanced in place,
+    so a checkpoint of it resumes at the next batch.
+    """
+
+    def __init__(self, spec: DataSpec, masker: Masker, cfg, rank: int, world: int, micro: int, pin: bool, position):
+        self.spec, self.masker, self.cfg = spec, masker, cfg
+        self.rank, self.world, self.micro, self.pin, self.position = rank, world, micro, pin, position
+        self.streams = max(1, cfg.engine.loader_workers)
+        self.wait_s = 0.0
+        self._it = None
+
+    def _open(self):
+        ds = PretrainStreams(
+            self.spec.train,
+            self.masker,
+            rank=self.rank,
+            world=self.world,
+            streams_per_rank=self.streams,
+            micro_batch=self.micro,
+            epoch=self.position.epoch,
+            start_batch=self.position.batch_in_epoch,
+            seed=self.cfg.seed,
+            shuffle=self.cfg.data.shuffle_shards,
+            shuffle_block=self.cfg.data.shuffle_block,
+            on_bad=self.cfg.data.on_bad_shard,
+            length_buckets=self.cfg.data.length_buckets,
+        )
+        if ds.batches_per_epoch == 0:
+            raise DataError(
+                f"{self.spec.root}: {sum(s.samples for s in self.spec.train)} train samples cannot make one "
+                f"micro-batch of {self.micro} for each of {self.world} ranks x {self.streams} streams. "
+                f"Use more data, fewer engine.loader_workers or a smaller engine.micro_batch_size."
+            )
+        self.batches_per_epoch = ds.batches_per_epoch
+        loader = make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
+        self._it = iter(loader)
+
+    def close(self) -> None:
+        """Stop the loader workers now: they ignore TERM (see ignore_stop_signals), so multiprocessing's exit-time
+        terminate() could not stop them if the iterator outlived the run (an exception holding it, say)."""
+        it, self._it = self._it, None
+        stop = getattr(it, "_shutdown_workers", None)  # torch's own shutdown: sentinel, join
+        if stop is not None:
+            stop()
+
+    def next(self) -> dict:
+        t0 = time.perf_counter()
+        pos = self.position
+        if self._it is None:
+            self._open()
+        batch = next(self._it, None)
+        if batch is None:  # end of epoch
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            self._open()
+            batch = next(self._it)
+        pos.batch_in_epoch += 1
+        if pos.batch_in_epoch == self.batches_per_epoch:
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            self._it = None  # the loader is exhausted; the next call opens the next epoch
+        self.wait_s += time.perf_counter() - t0
+        return batch

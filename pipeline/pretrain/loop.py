@@ -5,54 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-from tqdm import tqdm
 
-from launch.distenv import DistEnv
-from pipeline import data as D
-from pipeline.checkpoint import CheckpointManager, TrainState
-from pipeline.engine import (
-    ConfigError,
-    Engine,
-    all_reduce_sum,
-    barrier,
-    check_engine_config,
-    deepspeed_config,
-    gather_lists,
-    init_process_group,
-    plan_batch,
-    write_json,
-)
-from pipeline.metrics import build_metrics
-from pipeline.model import build_model, flops_per_token
-from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.preempt import SignalFlag
+from pipeline.checkpoint import TrainState
+from pipeline.config import ConfigError
+from pipeline.dist import DistEnv, all_reduce_sum, gather_lists
+from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
+from pipeline.pretrain import data as D
+from pipeline.pretrain.model import build_model, flops_per_token
+from pipeline.run import RunResult, start_run
 
 log = logging.getLogger(__name__)
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
-@dataclass
-class RunResult:
-    step: int
-    stopped_by_signal: int = 0
-    final: dict | None = None
-
-
 def validate(cfg) -> None:
-    """Checks that need no process group, model or data."""
+    """Checks that need no process group, model or data (choices are Enums: composition checked those)."""
     check_engine_config(cfg.engine)
     if cfg.max_steps <= 0:
         raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
-    if cfg.data.on_bad_shard not in ("skip", "error"):
-        raise ConfigError(f"data.on_bad_shard={cfg.data.on_bad_shard}: expected skip or error")
-    if cfg.logger.wandb.mode not in ("online", "offline", "disabled"):
-        raise ConfigError(f"logger.wandb.mode={cfg.logger.wandb.mode}: expected online, offline or disabled")
 
 
 def check_resume_compat(state: dict, spec: D.DataSpec, world: int, streams: int, allow_change: bool) -> None:
@@ -80,76 +54,6 @@ def check_resume_compat(state: dict, spec: D.DataSpec, world: int, streams: int,
                 f"on it. Resume with engine.loader_workers={state['streams_per_rank']}, or set "
                 f"data.allow_data_change=true to accept a different order."
             )
-
-
-class Batches:
-    """This rank's micro-batches from a position (epoch, batch) on, across epochs, with time spent waiting."""
-
-    def __init__(
-        self,
-        spec: D.DataSpec,
-        masker: D.Masker,
-        cfg,
-        env: DistEnv,
-        micro: int,
-        streams: int,
-        pin: bool,
-        state: TrainState,
-    ):
-        self.spec, self.masker, self.cfg, self.env = spec, masker, cfg, env
-        self.micro, self.streams, self.pin, self.state = micro, streams, pin, state
-        self.wait_s = 0.0
-        self._it = None
-
-    def _open(self):
-        ds = D.PretrainStreams(
-            self.spec.train,
-            self.masker,
-            rank=self.env.rank,
-            world=self.env.world_size,
-            streams_per_rank=self.streams,
-            micro_batch=self.micro,
-            epoch=self.state.epoch,
-            start_batch=self.state.batch_in_epoch,
-            seed=self.cfg.seed,
-            shuffle=self.cfg.data.shuffle_shards,
-            shuffle_block=self.cfg.data.shuffle_block,
-            on_bad=self.cfg.data.on_bad_shard,
-            length_buckets=self.cfg.data.length_buckets,
-        )
-        if ds.batches_per_epoch == 0:
-            raise D.DataError(
-                f"{self.spec.root}: {sum(s.samples for s in self.spec.train)} train samples cannot make one "
-                f"micro-batch of {self.micro} for each of {self.env.world_size} ranks x {self.streams} streams. "
-                f"Use more data, fewer engine.loader_workers or a smaller engine.micro_batch_size."
-            )
-        self.batches_per_epoch = ds.batches_per_epoch
-        loader = D.make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
-        self._it = iter(loader)
-
-    def close(self) -> None:
-        """Stop the loader workers now: they ignore TERM (data.py), so multiprocessing's exit-time terminate()
-        could not stop them if the iterator outlived the run (an exception holding it, say)."""
-        it, self._it = self._it, None
-        stop = getattr(it, "_shutdown_workers", None)  # torch's own shutdown: sentinel, join
-        if stop is not None:
-            stop()
-
-    def next(self) -> dict:
-        t0 = time.perf_counter()
-        if self._it is None:
-            self._open()
-        batch = next(self._it, None)
-        if batch is None:  # end of epoch
-            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-            self._open()
-            batch = next(self._it)
-        self.state.batch_in_epoch += 1
-        if self.state.batch_in_epoch == self.batches_per_epoch:
-            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-            self._it = None  # the loader is exhausted; the next call opens the next epoch
-        self.wait_s += time.perf_counter() - t0
-        return batch
 
 
 KEYS = (
@@ -240,43 +144,25 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
     streams = max(1, cfg.engine.loader_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
-    resume_tag = ckpt.latest()
-    if resume_tag:
-        check_resume_compat(ckpt.trainer_state(resume_tag), spec, env.world_size, streams, cfg.data.allow_data_change)
 
-    # Process group, shards, model, engine.
+    # Process group, shards, the run_dir's own copy of what it needs of the data, model, engine, resume.
     device = init_process_group(env, cfg.engine)
     D.verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
+    if env.rank == 0:
+        D.keep_in_run_dir(spec, run_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.vocab_size, spec.special_ids["pad"])
-    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    engine = Engine(
-        model,
-        optimizer,
-        build_scheduler(optimizer, cfg.optim, cfg.max_steps),
-        cfg.engine,
-        ds_config,
-        device,
-        cfg.nan.check,
-    )
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if env.rank == 0:
-        write_json(run_dir / "deepspeed_config.json", ds_config)
-        (run_dir / "config.yaml").write_text(config_yaml)
-    state = TrainState(
-        world_size=env.world_size,
-        streams_per_rank=streams,
-        data_fingerprint=spec.fingerprint,
-        tokenizer_sha256=spec.tokenizer_sha256,
-    )
-    if resume_tag:
-        ckpt.load(engine, resume_tag, state)
-        state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
-        log.info(
-            "resumed from %s (step %d, epoch %d, batch %d)", resume_tag, state.step, state.epoch, state.batch_in_epoch
-        )
+    state = TrainState(world_size=env.world_size, streams_per_rank=streams)
+
+    def check_resume(saved: dict) -> None:
+        check_resume_compat(saved, spec, env.world_size, streams, cfg.data.allow_data_change)
+
+    run = start_run(
+        cfg, env, run_dir, plan, device, model, cfg.max_steps, state, group=group, desc="pretrain",
+        check_resume=check_resume,
+    )  # fmt: skip
+    state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
+    engine, metrics = run.engine, run.metrics
     cont = D.continuation_table(spec.tokenizer_dir, spec.vocab_size) if cfg.data.whole_word_masking else None
     masker = D.Masker(
         spec,
@@ -287,56 +173,38 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         cont,
     )
     pin = device.type == "cuda"
-    batches = Batches(spec, masker, cfg, env, plan.micro_batch, streams, pin, state)
-    metrics = build_metrics(
-        env.rank,
-        run_dir,
-        cfg.logger,
-        OmegaConf.to_container(cfg, resolve=True),
-        state.step if resume_tag else None,
-        group,
-    )
-    if env.rank == 0 and hasattr(metrics.sinks[-1], "run_id"):
-        state.wandb_id = metrics.sinks[-1].run_id
-    flag = SignalFlag(list(cfg.preempt.signals))
+    batches = D.Batches(spec, masker, cfg, env.rank, env.world_size, plan.micro_batch, pin, state)
     fpt = flops_per_token(engine.module.config, spec.seq_len, cfg.data.mlm_probability)
     peak = peak_tflops(cfg, device)
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=state.step,
-        disable=env.rank != 0 or not cfg.logger.progress,
-        desc="pretrain",
-        dynamic_ncols=True,
-    )
     if spec.skipped_shards:
         metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
 
+    result = RunResult(step=state.step)
     try:
         window: dict[str, float] = {}
         t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
-        result = RunResult(step=state.step)
         while state.step < cfg.max_steps:
             # One optimizer step: the accumulation window of micro-batches.
             micro = [batches.next() for _ in range(plan.accumulation)]
-            state.bad_samples += int(sum(int(m["meta"][3]) for m in micro))
+            state.bad_samples += sum(m["meta"]["bad_samples"] for m in micro)
             sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
             state.step += 1
             steps_in_window += 1
             # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
-            stop_signal, (tokens, samples) = flag.agreed([sums["tokens"], sums["samples"]])
+            stop_signal, (tokens, samples) = run.flag.agreed([sums["tokens"], sums["samples"]])
             state.tokens, state.samples = state.tokens + int(tokens), state.samples + int(samples)
             for k, v in sums.items():
                 window[k] = window.get(k, 0.0) + v
             state.skipped_micro += int(sums["skipped_micro"])
             state.skipped_steps += int(info["good_micro"] == 0)
             state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
-            bar.update(1)
+            run.bar.update(1)
             # Too many non-finite steps in a row: stop with a clear error.
             if state.consecutive_bad >= cfg.nan.max_consecutive:
                 raise FloatingPointError(
                     f"{state.consecutive_bad} steps in a row had a non-finite loss (last at step {state.step}); "
                     f"the run is diverging. Lower optim.lr, raise warmup, or use bf16 instead of fp16. "
-                    f"Resume from the last checkpoint in {ckpt.root}."
+                    f"Resume from the last checkpoint in {run.ckpt.root}."
                 )
 
             # Log: sums over the window, all-reduced across ranks.
@@ -363,7 +231,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                 if engine.loss_scale() is not None:
                     rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
                 metrics.log(rec, state.step)
-                bar.set_postfix(
+                run.bar.set_postfix(
                     loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
                 )
                 window = {}
@@ -381,14 +249,13 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             # Checkpoint every N steps, at the end, and before stopping early.
             at_end = state.step == cfg.max_steps and cfg.checkpoint.at_end
             if state.step % cfg.checkpoint.every_steps == 0 or at_end or stop_now:
-                ckpt.save(engine, state, config_yaml)
+                run.ckpt.save(engine, state, run.config_yaml)
             if stop_now:
                 result.stopped_by_signal = stop_signal
                 break
     finally:  # stop the loader workers (they ignore TERM, see data.py) and give the signals back
         batches.close()
-        bar.close()
-        flag.restore()
+        run.close()
     result.step = state.step
     if env.rank == 0:
         summary = {
@@ -400,7 +267,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             "skipped_steps": state.skipped_steps,
             "bad_samples": state.bad_samples,
             "skipped_shards": spec.skipped_shards,
-            "checkpoint": ckpt.latest(),
+            "checkpoint": run.ckpt.latest(),
             **(result.final or {}),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

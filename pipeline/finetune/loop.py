@@ -1,10 +1,10 @@
-"""python -m pipeline.finetune model.path=RUN_DIR_or_HF_DIR task=NAME [overrides]
+"""The finetuning run (``python -m pipeline.finetune``, see __main__.py): set up, then one loop.
 
 Finetunes on a GLUE task, custom classification/regression files, NER or SQuAD-style QA with the pretraining
 engine (DeepSpeed, any ZeRO stage and precision, one process, torchrun or Slurm). Keeps the best checkpoint by the
 task's validation metric (early stopping after ``eval.patience`` evaluations without improvement) and writes
 results.json, predictions_<split>.jsonl and best_model/ (Hugging Face format) in the run_dir. Running the same
-command again resumes; a finished run_dir (results.json present) returns at once. See pipeline/README_finetune.md.
+command again resumes; a finished run_dir (results.json present) returns at once. See pipeline/finetune/README.md.
 """
 
 from __future__ import annotations
@@ -16,44 +16,25 @@ import math
 import shutil
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
+from omegaconf import OmegaConf
 
-import pipeline.config  # noqa: F401 - registers the shared groups (engine, optim)
-import pipeline.finetune_config  # noqa: F401 - registers finetune_schema and task_schema
-from launch.distenv import DistEnv
 from pipeline.checkpoint import CheckpointManager, TrainState
-from pipeline.engine import (
-    ConfigError,
-    Engine,
-    all_reduce_sum,
-    barrier,
-    check_engine_config,
-    deepspeed_config,
-    init_process_group,
-    plan_batch,
-    write_json,
-)
-from pipeline.finetune_config import TASK_TYPES
-from pipeline.finetune_eval import evaluate
-from pipeline.finetune_metrics import better, task_score
-from pipeline.finetune_model import build_task_model, materialize, resolve_source, save_hf_model
-from pipeline.finetune_tasks import TaskDataError, collate, featurize, load_task
-from pipeline.metrics import build_metrics
-from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.preempt import SignalFlag
-from pipeline.trainer import RunResult
+from pipeline.config import ConfigError
+from pipeline.dist import DistEnv, all_reduce_sum, barrier
+from pipeline.engine import check_engine_config, init_process_group, plan_batch
+from pipeline.finetune.eval import evaluate
+from pipeline.finetune.metrics import better, task_score
+from pipeline.finetune.model import build_task_model, materialize, resolve_source, save_hf_model
+from pipeline.finetune.tasks import TaskDataError, collate, featurize, load_task
+from pipeline.run import RunResult, start_run
 
 log = logging.getLogger("pipeline.finetune")
 
 
 def validate(cfg) -> None:
     check_engine_config(cfg.engine)
-    if cfg.task.type not in TASK_TYPES:
-        raise ConfigError(f"task.type={cfg.task.type}: expected one of {', '.join(TASK_TYPES)}")
     if cfg.task.type in ("classification", "regression") and len(cfg.task.text_columns) not in (1, 2):
         raise ConfigError(f"task.text_columns={list(cfg.task.text_columns)}: one column, or two for sentence pairs")
     if cfg.max_steps is not None and cfg.max_steps <= 0 or cfg.epochs <= 0:
@@ -116,111 +97,93 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     eval_every = cfg.eval.every_steps or per_epoch
     torch.manual_seed(cfg.seed)
     model = build_task_model(model_path, task, names, cfg.model, cfg.lora)
-    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    engine = Engine(
-        model, optimizer, build_scheduler(optimizer, cfg.optim, total), cfg.engine, ds_config, device, cfg.nan.check
-    )
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if env.rank == 0:
-        write_json(run_dir / "deepspeed_config.json", ds_config)
-        (run_dir / "config.yaml").write_text(config_yaml)
-    ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
-    best_ckpt = CheckpointManager(run_dir / "best", 1, env.rank, barrier)  # the best model so far, one kept
     state = TrainState(world_size=env.world_size)
-    resume_tag = ckpt.latest()
-    if resume_tag:
-        if ckpt.trainer_state(resume_tag).get("world_size") != env.world_size:
+
+    def check_resume(saved: dict) -> None:
+        if saved.get("world_size") != env.world_size:
             raise ConfigError(
-                f"{ckpt.root}/{resume_tag} was written by another number of ranks; resume with "
-                f"{ckpt.trainer_state(resume_tag).get('world_size')} processes or use a new run_dir"
+                f"{run_dir}/checkpoints was written by {saved.get('world_size')} ranks; resume with that many "
+                f"processes or use a new run_dir"
             )
-        ckpt.load(engine, resume_tag, state)
-        log.info("resumed from %s (step %d)", resume_tag, state.step)
-    metrics = build_metrics(
-        env.rank,
-        run_dir,
-        cfg.logger,
-        OmegaConf.to_container(cfg, resolve=True),
-        state.step if resume_tag else None,
-        group,
+
+    run = start_run(
+        cfg, env, run_dir, plan, device, model, total, state, group=group, desc=task.name, check_resume=check_resume
     )
-    flag = SignalFlag(list(cfg.preempt.signals))
+    engine, metrics = run.engine, run.metrics
+    best_ckpt = CheckpointManager(run_dir / "best", 1, env.rank, barrier)  # the best model so far, one kept
     pad_id = tokenizer.pad_token_id or 0
     ev = dict(names=names, rank=env.rank, world=env.world_size, batch_size=cfg.eval.batch_size, pad_id=pad_id)
-    bar = tqdm(total=total, initial=state.step, disable=env.rank != 0 or not cfg.logger.progress, desc=task.name)
 
     window: dict[str, float] = {}
     result, stop_now = RunResult(step=state.step), False
-    while state.step < total and not state.best.get("stopped_early"):
-        # One optimizer step over this rank's share of the global batch.
-        micro = train_micro_batches(feats["train"], state, plan, env, cfg.seed, pad_id)
-        sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
-        state.step += 1
-        state.samples += int(sums["samples"])
-        state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
-        for k in ("loss", "samples", "skipped_micro"):
-            window[k] = window.get(k, 0.0) + sums.get(k, 0.0)
-        window["steps"] = window.get("steps", 0.0) + 1
-        bar.update(1)
-        if state.consecutive_bad >= cfg.nan.max_consecutive:
-            raise FloatingPointError(
-                f"{state.consecutive_bad} steps in a row had a non-finite loss (step "
-                f"{state.step}); lower optim.lr or use bf16 instead of fp16"
-            )
-
-        # Log the mean training loss over the window, summed across ranks.
-        if state.step % cfg.logger.every_steps == 0 or state.step == total:
-            t = all_reduce_sum(
-                torch.tensor(
-                    [window[k] for k in ("loss", "samples", "skipped_micro")], dtype=torch.float64, device=device
+    try:
+        while state.step < total and not state.best.get("stopped_early"):
+            # One optimizer step over this rank's share of the global batch.
+            micro = train_micro_batches(feats["train"], state, plan, env, cfg.seed, pad_id)
+            sums, _ = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
+            state.step += 1
+            state.samples += int(sums["samples"])
+            state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
+            for k in ("loss", "samples", "skipped_micro"):
+                window[k] = window.get(k, 0.0) + sums.get(k, 0.0)
+            window["steps"] = window.get("steps", 0.0) + 1
+            run.bar.update(1)
+            if state.consecutive_bad >= cfg.nan.max_consecutive:
+                raise FloatingPointError(
+                    f"{state.consecutive_bad} steps in a row had a non-finite loss (step "
+                    f"{state.step}); lower optim.lr or use bf16 instead of fp16"
                 )
-            ).tolist()
-            used = window["steps"] * plan.accumulation * env.world_size - t[2]
-            metrics.log(
-                {
-                    "loss": t[0] / max(used, 1),
-                    "lr": engine.lr(),
-                    "grad_norm": engine.grad_norm(),
-                    "epoch": state.epoch + state.batch_in_epoch / per_epoch,
-                    "samples": state.samples,
-                },
-                state.step,
-            )
-            bar.set_postfix(loss=f"{t[0] / max(used, 1):.4f}")
-            window = {}
 
-        # Evaluate; keep the best model; stop early after `patience` evaluations without improvement.
-        if state.step % eval_every == 0 or state.step == total:
-            val, _ = evaluate(engine, task, splits["validation"], feats["validation"], **ev)
-            value = val[task.main_metric]
-            metrics.log({f"val_{k}": v for k, v in val.items()}, state.step)
-            if better(value, state.best.get("value"), task.main_metric, cfg.eval.min_delta):
-                state.best = {"value": value, "step": state.step, "bad_evals": 0}
-                best_ckpt.save(engine, state, config_yaml)
-            else:
-                state.best["bad_evals"] += 1
-                if cfg.eval.patience is not None and state.best["bad_evals"] >= cfg.eval.patience:
-                    state.best["stopped_early"] = True
-                    log.info(
-                        "early stop at step %d: no improvement of %s for %d evaluations (best %.4f at %d)",
-                        state.step,
-                        task.main_metric,
-                        cfg.eval.patience,
-                        state.best["value"],
-                        state.best["step"],
-                    )
+            # Log the mean training loss over the window, summed across ranks.
+            if state.step % cfg.logger.every_steps == 0 or state.step == total:
+                keys = ("loss", "samples", "skipped_micro")
+                t = all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64, device=device))
+                t = t.tolist()
+                used = window["steps"] * plan.accumulation * env.world_size - t[2]
+                metrics.log(
+                    {
+                        "loss": t[0] / max(used, 1),
+                        "lr": engine.lr(),
+                        "grad_norm": engine.grad_norm(),
+                        "epoch": state.epoch + state.batch_in_epoch / per_epoch,
+                        "samples": state.samples,
+                    },
+                    state.step,
+                )
+                run.bar.set_postfix(loss=f"{t[0] / max(used, 1):.4f}")
+                window = {}
 
-        # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return; checkpoint every N.
-        stop_signal, _ = flag.agreed()
-        stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
-        if state.step % cfg.checkpoint.every_steps == 0 or stop_now:
-            ckpt.save(engine, state, config_yaml)
-        if stop_now:
-            result.stopped_by_signal = stop_signal
-            break
-    bar.close()
-    flag.restore()
+            # Evaluate; keep the best model; stop early after `patience` evaluations without improvement.
+            if state.step % eval_every == 0 or state.step == total:
+                val, _ = evaluate(engine, task, splits["validation"], feats["validation"], **ev)
+                value = val[task.main_metric]
+                metrics.log({f"val_{k}": v for k, v in val.items()}, state.step)
+                if better(value, state.best.get("value"), task.main_metric, cfg.eval.min_delta):
+                    state.best = {"value": value, "step": state.step, "bad_evals": 0}
+                    best_ckpt.save(engine, state, run.config_yaml)
+                else:
+                    state.best["bad_evals"] += 1
+                    if cfg.eval.patience is not None and state.best["bad_evals"] >= cfg.eval.patience:
+                        state.best["stopped_early"] = True
+                        log.info(
+                            "early stop at step %d: no improvement of %s for %d evaluations (best %.4f at %d)",
+                            state.step,
+                            task.main_metric,
+                            cfg.eval.patience,
+                            state.best["value"],
+                            state.best["step"],
+                        )
+
+            # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return; every N steps.
+            stop_signal, _ = run.flag.agreed()
+            stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
+            if state.step % cfg.checkpoint.every_steps == 0 or stop_now:
+                run.ckpt.save(engine, state, run.config_yaml)
+            if stop_now:
+                result.stopped_by_signal = stop_signal
+                break
+    finally:  # give the signals back, also on error
+        run.close()
     result.step = state.step
     if stop_now:
         metrics.close()
@@ -253,7 +216,7 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         tmp.replace(run_dir / "results.json")
         metrics.log({f"best_val_{k}": v for k, v in validation.items()}, state.step)
         if cfg.cleanup:  # the DeepSpeed checkpoints only served resume and the best-model reload
-            shutil.rmtree(ckpt.root, ignore_errors=True)
+            shutil.rmtree(run.ckpt.root, ignore_errors=True)
             shutil.rmtree(best_ckpt.root.parent, ignore_errors=True)
     barrier()
     metrics.close()
@@ -304,14 +267,3 @@ def _finite_or_none(obj):
     if isinstance(obj, list | tuple):
         return [_finite_or_none(v) for v in obj]
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
-
-@hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    from pipeline.pretrain import run_stage
-
-    return (run_stage(finetune, cfg).final or {}).get(cfg.task.main_metric)
-
-
-if __name__ == "__main__":
-    main()

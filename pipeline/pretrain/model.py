@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForPreTraining
 
-from pipeline.config import ModelConfig
+from pipeline.pretrain.config import ModelConfig
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -1,6 +1,7 @@
-"""The one place that reads how a process was started: Slurm (srun/sbatch/submitit), torchrun, or nothing.
+"""The distributed environment and its collectives.
 
-Pure environment parsing, no torch: the trainer calls :func:`detect` and uses the result everywhere.
+:func:`detect` is the one place that reads how a process was started: Slurm (srun/sbatch/submitit), torchrun,
+submitit's LocalExecutor, or nothing (pure environment parsing). The collectives below work in one process too.
 No ssh, no hostfile: under Slurm the master is the first host of SLURM_JOB_NODELIST and the port is
 derived from the job id (stable across requeues, different between jobs sharing a node).
 """
@@ -23,10 +24,6 @@ class DistEnv:
     master_addr: str
     master_port: int
     source: str  # "slurm", "torchrun", "submitit-local" or "single"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def expand_first_host(nodelist: str) -> str:
@@ -116,3 +113,55 @@ def export(d: DistEnv) -> None:
         MASTER_ADDR=d.master_addr,
         MASTER_PORT=str(d.master_port),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collectives (no-ops without a process group of more than one rank)
+
+
+def _multi() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t):
+    import torch.distributed as dist
+
+    if _multi():
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_max(t):
+    import torch.distributed as dist
+
+    if _multi():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def gather_lists(items: list) -> list:
+    """Concatenate a small picklable list from every rank (our own objects: never data from outside)."""
+    import torch.distributed as dist
+
+    if not _multi():
+        return list(items)
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (NCCL warns about leaked resources otherwise); a later run in-process rejoins."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.engine import ConfigError
+from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def save_hf_model(
     ckpt_root: Path, tag: str, source_path: str, task, names: list[str], model_cfg, lora_cfg, tokenizer, out: Path
 ) -> Path:
     """The fp32 weights of a DeepSpeed checkpoint (any ZeRO stage) as a Hugging Face directory; LoRA merged."""
-    from pipeline.export import consolidated_state_dict
+    from pipeline.engine import consolidated_state_dict
 
     model = build_task_model(source_path, task, names, model_cfg, lora_cfg)
     sd = consolidated_state_dict(ckpt_root, tag)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import finetune_metrics as M
-from pipeline.engine import gather_lists
-from pipeline.finetune_tasks import Split, collate
+from pipeline.dist import gather_lists
+from pipeline.finetune import metrics as M
+from pipeline.finetune.tasks import Split, collate
 
 
 def local_predictions(

@@ -1,0 +1,104 @@
+"""Structured config of the pretraining stage (``conf/pretrain.yaml`` extends ``pretrain_schema``; every
+``conf/model/<name>.yaml`` extends ``model_schema``). The engine, optim, logger, checkpoint, NaN and preemption
+groups are shared with finetuning (pipeline/config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from pipeline.config import (
+    CheckpointConfig,
+    EngineConfig,
+    LoggerConfig,
+    NanConfig,
+    OptimConfig,
+    PreemptConfig,
+)
+
+
+class ShardCheck(StrEnum):
+    none = "none"
+    size = "size"  # each shard exists with the manifest's byte size (cheap)
+    sha256 = "sha256"  # full hash, split across ranks
+
+
+class OnBadShard(StrEnum):
+    skip = "skip"  # counted and named in a warning
+    error = "error"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    intermediate_size: int = MISSING
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    # null: the vocabulary of the data's tokenizer, rounded up to vocab_multiple_of (tensor-core friendly).
+    vocab_size: int | None = None
+    vocab_multiple_of: int = 8
+    # A Hugging Face BERT directory to start from instead of random weights (continued pretraining).
+    init_from: str | None = None
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # a data_prep output directory (manifest.json + shards)
+    # Streams per rank = max(1, engine.loader_workers); each stream reads its own contiguous slice of the epoch.
+    shuffle_shards: bool = True
+    shuffle_block: int = 2048  # samples shuffled together inside a stream (0: no shuffle)
+    length_buckets: bool = True  # inside a shuffle block, batch sequences of similar length (less padding)
+    mlm_probability: float = 0.15
+    max_predictions_per_seq: int | None = None  # cap on masked tokens per sequence (BERT used 20 at seq 128)
+    whole_word_masking: bool = False
+    pad_to_multiple_of: int = 8
+    verify: ShardCheck = ShardCheck.size  # shard checks before training
+    on_bad_shard: OnBadShard = OnBadShard.skip
+    # Refuse data whose manifest fingerprint or tokenizer differs from the checkpoint's, unless this is true.
+    allow_data_change: bool = False
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 1000
+    max_batches: int | None = None  # per rank; null: the whole validation split
+    at_end: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = MISSING
+    optim: OptimConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    nan: NanConfig = field(default_factory=NanConfig)
+    preempt: PreemptConfig = field(default_factory=PreemptConfig)
+    name: str = "pretrain"
+    run_dir: str | None = None  # null: Hydra's output dir (checkpoints/<name>, or one per job in a sweep)
+    global_batch_size: int = 256
+    seq_len: int | None = None  # null: the data's seq_len (checked against it either way)
+    max_steps: int = 1000
+    seed: int = 1234
+    stop_after_steps: int | None = None  # stop (with a checkpoint) at this step, as a preemption would
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+
+
+register_configs()
