@@ -41,11 +41,16 @@ def test_every_pretrain_preset_composes_with_typed_choices(model, engine, optim)
 @pytest.mark.parametrize("task", presets("task"))
 def test_every_finetune_task_preset_composes(task):
     cfg = compose("finetune", [f"task={task}", "model.path=/x"])
-    assert cfg.task.name and cfg.task.main_metric and cfg.task.type in (
-        "classification",
-        "regression",
-        "token_classification",
-        "question_answering",
+    assert (
+        cfg.task.name
+        and cfg.task.main_metric
+        and cfg.task.type
+        in (
+            "classification",
+            "regression",
+            "token_classification",
+            "question_answering",
+        )
     )
 
 
