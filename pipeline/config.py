@@ -120,6 +120,20 @@ class PreemptConfig:
 
 
 @dataclass
+class StageConfig:
+    """What every training stage's config holds; ``PretrainConfig`` and ``FinetuneConfig`` extend it."""
+
+    engine: EngineConfig = MISSING
+    optim: OptimConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    nan: NanConfig = field(default_factory=NanConfig)
+    preempt: PreemptConfig = field(default_factory=PreemptConfig)
+    run_dir: str | None = None  # null: Hydra's output dir (checkpoints/<name>, or one per job in a sweep)
+    stop_after_steps: int | None = None  # stop (with a checkpoint) at this step, as a preemption would
+
+
+@dataclass
 class ExportConfig:
     run_dir: str = MISSING
     step: int | None = None  # null: the latest complete checkpoint

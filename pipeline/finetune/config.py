@@ -13,14 +13,7 @@ from enum import StrEnum
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from pipeline.config import (
-    CheckpointConfig,
-    EngineConfig,
-    LoggerConfig,
-    NanConfig,
-    OptimConfig,
-    PreemptConfig,
-)
+from pipeline.config import StageConfig
 
 
 class TaskType(StrEnum):
@@ -96,26 +89,18 @@ class FinetuneEvalConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(StageConfig):
     model: SourceConfig = field(default_factory=SourceConfig)
     task: TaskConfig = MISSING
-    engine: EngineConfig = MISSING
-    optim: OptimConfig = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    nan: NanConfig = field(default_factory=NanConfig)
-    preempt: PreemptConfig = field(default_factory=PreemptConfig)
     name: str = "finetune"
-    run_dir: str | None = None  # null: Hydra's output dir (one per job in a sweep)
     global_batch_size: int = 32
     epochs: float = 3.0
     max_steps: int | None = None  # overrides epochs
     seed: int = 42
     max_train_samples: int | None = None  # quick runs: the first N training examples
     max_eval_samples: int | None = None
-    stop_after_steps: int | None = None  # stop (with a checkpoint) at this step, as a preemption would
     # Remove the DeepSpeed checkpoints (resume and best) once results.json and best_model/ are written.
     cleanup: bool = True
 

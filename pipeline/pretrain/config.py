@@ -10,14 +10,7 @@ from enum import StrEnum
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from pipeline.config import (
-    CheckpointConfig,
-    EngineConfig,
-    LoggerConfig,
-    NanConfig,
-    OptimConfig,
-    PreemptConfig,
-)
+from pipeline.config import StageConfig
 
 
 class ShardCheck(StrEnum):
@@ -76,23 +69,15 @@ class EvalConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(StageConfig):
     model: ModelConfig = MISSING
     data: DataConfig = field(default_factory=DataConfig)
-    engine: EngineConfig = MISSING
-    optim: OptimConfig = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    nan: NanConfig = field(default_factory=NanConfig)
-    preempt: PreemptConfig = field(default_factory=PreemptConfig)
     name: str = "pretrain"
-    run_dir: str | None = None  # null: Hydra's output dir (checkpoints/<name>, or one per job in a sweep)
     global_batch_size: int = 256
     seq_len: int | None = None  # null: the data's seq_len (checked against it either way)
     max_steps: int = 1000
     seed: int = 1234
-    stop_after_steps: int | None = None  # stop (with a checkpoint) at this step, as a preemption would
 
 
 def register_configs() -> None:
