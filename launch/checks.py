@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from pipeline.config import ConfigError
 
-class LaunchError(ValueError):
-    pass
+
+class LaunchError(ConfigError):
+    """A request that cannot work; the entry points print it in one line and exit 2 (pipeline/cli.py)."""
 
 
 def slurm_partitions() -> list[str] | None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from pipeline.cli import run, user_errors
+
 import pipeline.pretrain.config  # noqa: F401 - registers the structured configs
 
 
 @hydra.main(config_path="../../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.pretrain.loop import pretrain  # heavy imports after the config is known to be valid
-    from pipeline.run import run_hydra_stage
+    with user_errors():
+        from pipeline.pretrain.loop import pretrain  # heavy imports after the config is known to be valid
+        from pipeline.run import run_hydra_stage
 
-    return (run_hydra_stage(pretrain, cfg).final or {}).get("val_loss")
+        return (run_hydra_stage(pretrain, cfg).final or {}).get("val_loss")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "pretrain")
