@@ -100,8 +100,9 @@ def help_text(entry: str) -> str:
         lines.append("config groups (group=preset; the default in brackets):")
         for g in groups:
             d = _default_preset(entry, g).replace("???", "required")
-            lines += textwrap.wrap(f"{g:8} [{d}] " + ", ".join(_presets(g)), 118, initial_indent="  ",
-                                   subsequent_indent=" " * 11)
+            lines += textwrap.wrap(
+                f"{g:8} [{d}] " + ", ".join(_presets(g)), 118, initial_indent="  ", subsequent_indent=" " * 11
+            )
         lines.append("")
     plain = [f for f in dataclasses.fields(schema) if _kind(f, schema) is None]
     nested = [f for f in dataclasses.fields(schema) if _kind(f, schema) is not None]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import run, user_errors
-
 import pipeline.finetune.config  # noqa: F401 - registers finetune_schema and task_schema
+from pipeline.cli import run, user_errors
 
 
 @hydra.main(config_path="../../conf", config_name="finetune", version_base="1.3")

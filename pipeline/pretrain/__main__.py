@@ -10,9 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import run, user_errors
-
 import pipeline.pretrain.config  # noqa: F401 - registers the structured configs
+from pipeline.cli import run, user_errors
 
 
 @hydra.main(config_path="../../conf", config_name="pretrain", version_base="1.3")
