@@ -26,8 +26,12 @@ DEBUG_VARS = ("BERTRUN_DEBUG", "HYDRA_FULL_ERROR")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+_OURS = "BERTRUN_SET_HYDRA_FULL_ERROR"  # marks a HYDRA_FULL_ERROR we set, which Slurm jobs inherit from us
+
+
 def debugging() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in DEBUG_VARS)
+    names = ("BERTRUN_DEBUG",) if os.environ.get(_OURS) else DEBUG_VARS
+    return any(os.environ.get(v, "") not in ("", "0") for v in names)
 
 
 _debug_at_start: bool | None = None
@@ -157,7 +161,7 @@ def run(main: Callable[[], object], entry: str) -> None:
         return
     # Hydra prints its own multi-line report and exits 1 unless HYDRA_FULL_ERROR is set; set, it lets the exception
     # reach us. Set only for the call, so that processes started later do not read it as the user's debug switch.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = os.environ[_OURS] = "1"
     try:
         main()
     except Exception as e:
@@ -168,3 +172,4 @@ def run(main: Callable[[], object], entry: str) -> None:
         sys.exit(USER_ERROR)
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
+        os.environ.pop(_OURS, None)
