@@ -48,7 +48,8 @@ def problems(sweep: Path, result_file: str) -> list[str]:
             out.append(f"job {name}: missing (never started)")
         elif not (dirs[name] / result_file).is_file():
             logs = sorted(sweep.glob(f".submitit/*_{name}/*_0_log.err"))
-            out.append(f"job {name}: no {result_file} (failed or still running)" + (f"; log: {logs[-1]}" if logs else ""))
+            log = f"; log: {logs[-1]}" if logs else ""
+            out.append(f"job {name}: no {result_file} (failed or still running){log}")
     return out
 
 

@@ -25,7 +25,6 @@ from pipeline.preflight import STAGE_NAMES, compose  # noqa: F401 - compose: lau
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RunResult:
     step: int
