@@ -1,13 +1,19 @@
-"""Checks on a Slurm request, shared by ``launch.submit`` and the Hydra launcher callback (no submitit import)."""
+"""Checks before anything is queued, shared by ``launch.submit``, the Hydra launcher callback and ``launch.check``
+(the sbatch script's dry run): every job's config composed and validated here (pipeline/preflight.py), and the
+Slurm request checked against the cluster (requeue settings, partition, a node that can hold the request).
+No submitit import."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
+from pipeline.config import ConfigError
 
-class LaunchError(ValueError):
-    pass
+
+class LaunchError(ConfigError):
+    """A request that cannot work; the entry points print it in one line and exit 2 (pipeline/cli.py)."""
 
 
 def slurm_partitions() -> list[str] | None:
@@ -52,3 +58,60 @@ def check_slurm_request(
         known = slurm_partitions()
         if known is not None and partition not in known:
             raise LaunchError(f"partition {partition!r} does not exist on this cluster; known: {', '.join(known)}")
+
+
+def check_job_config(stage: str, overrides: list[str], world_size: int) -> None:
+    """The job's config as its entry point will compose it, checked for the job's world size (a misspelt key, a
+    value outside a choice, a required value left out, a batch that does not split over the ranks)."""
+    from pipeline.preflight import check_job
+
+    check_job(stage, overrides, world_size)
+
+
+def slurm_nodes(partition: str | None) -> list[dict] | None:
+    """Per node of the partition (the default one when None): name, CPUs, memory in MB, GPUs; None without sinfo."""
+    if not shutil.which("sinfo"):
+        return None
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N|%P|%c|%m|%G"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    nodes = {}
+    for line in out.splitlines():
+        name, part, cpus, mem, gres = line.strip().split("|")
+        if partition is None and not part.endswith("*") or partition is not None and part.rstrip("*") != partition:
+            continue
+        gpus = sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+        nodes[name] = {"name": name, "cpus": int(cpus.rstrip("+")), "mem_mb": int(mem.rstrip("+")), "gpus": gpus}
+    return list(nodes.values())
+
+
+def check_capacity(
+    partition: str | None,
+    nodes: int,
+    tasks_per_node: int,
+    cpus_per_task: int | None,
+    mem_gb: float | None,
+    gpus_per_node: int | None,
+) -> None:
+    """Refuse a request that no node (or too few nodes) of the partition can hold: it would pend forever, or be
+    rejected only at submission with a vaguer message. The numbers are in the message."""
+    found = slurm_nodes(partition)
+    if not found:
+        return
+    cpus = tasks_per_node * (cpus_per_task or 1)
+    mem_mb = int((mem_gb or 0) * 1024)
+    gpus = gpus_per_node or 0
+    fit = [n for n in found if n["cpus"] >= cpus and n["mem_mb"] >= mem_mb and n["gpus"] >= gpus]
+    if len(fit) >= nodes:
+        return
+    where = f"partition {partition!r}" if partition else "the default partition"
+    best = max(found, key=lambda n: (n["cpus"], n["mem_mb"], n["gpus"]))
+    raise LaunchError(
+        f"{where}: {len(fit)} of {len(found)} nodes can hold {cpus} CPUs (tasks_per_node={tasks_per_node} x "
+        f"cpus_per_task={cpus_per_task or 1}), {mem_mb // 1024} GB and {gpus} GPUs per node, and {nodes} are asked "
+        f"for; the largest node ({best['name']}) has {best['cpus']} CPUs, {best['mem_mb'] // 1024} GB, "
+        f"{best['gpus']} GPUs. Lower cpus_per_task, tasks_per_node, mem_gb or gpus_per_node, or pick another partition"
+    )

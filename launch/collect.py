@@ -5,8 +5,9 @@
 Pretraining sweeps: one row per job (its overrides, final step, validation metrics from summary.json).
 Finetuning sweeps (results.json): per task, the median, stdev, min and max of the main validation metric over
 seeds at the best learning rate (by median), the median task score (the mean of the task's metrics, as GLUE
-scores MRPC, QQP and STS-B), then the GLUE-style average of the tasks' scores. Jobs without results.json are
-named on stderr.
+scores MRPC, QQP and STS-B), then the GLUE-style average of the tasks' scores. Jobs without results (failed,
+still running, or never started) are named on stderr with their logs, and the exit code is 1 unless
+``--allow-missing``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,35 @@ from pathlib import Path
 import yaml
 
 PRETRAIN_METRICS = ("step", "val_loss", "val_mlm_acc", "val_nsp_acc", "val_mlm_loss", "val_nsp_loss")
+
+
+def expected_jobs(sweep: Path) -> int | None:
+    """How many jobs the sweep launched, from the multirun.yaml Hydra writes first (None without it)."""
+    f = sweep / "multirun.yaml"
+    if not f.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = (yaml.safe_load(f.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
+    parsed = OverridesParser.create().parse_overrides([o for o in task if not o.startswith("hydra")])
+    return sum(len(b) for b in BasicSweeper.split_arguments(parsed, None))
+
+
+def problems(sweep: Path, result_file: str) -> list[str]:
+    """Jobs without results: failed (or still running) ones, and jobs that never started (no folder)."""
+    out = []
+    dirs = {j.name: j for j in job_dirs(sweep)}
+    n = expected_jobs(sweep)
+    names = [str(i) for i in range(n)] if n is not None else list(dirs)
+    for name in names:
+        if name not in dirs:
+            out.append(f"job {name}: missing (never started)")
+        elif not (dirs[name] / result_file).is_file():
+            logs = sorted(sweep.glob(f".submitit/*_{name}/*_0_log.err"))
+            log = f"; log: {logs[-1]}" if logs else ""
+            out.append(f"job {name}: no {result_file} (failed or still running){log}")
+    return out
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -103,14 +133,15 @@ def write_tables(sweep: Path, header: list[str], rows: list[list], stem: str = "
     return text
 
 
+def is_finetune(sweep: Path) -> bool:
+    return any((j / "results.json").is_file() for j in job_dirs(sweep))
+
+
 def collect(sweep: str | Path) -> str:
     sweep = Path(sweep)
     if not sweep.is_dir() or not job_dirs(sweep):
         raise FileNotFoundError(f"{sweep}: no sweep jobs found (folders with .hydra/overrides.yaml)")
-    if any((j / "results.json").is_file() for j in job_dirs(sweep)):
-        missing = [j.name for j in job_dirs(sweep) if not (j / "results.json").is_file()]
-        if missing:
-            print(f"warning: {len(missing)} jobs have no results.json (failed or running): {missing}", file=sys.stderr)
+    if is_finetune(sweep):
         header, rows = finetune_rows(sweep)
     else:
         header, rows = pretrain_rows(sweep)
@@ -120,13 +151,24 @@ def collect(sweep: str | Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.collect", description=__doc__)
     p.add_argument("sweep_dir")
+    p.add_argument(
+        "--allow-missing", action="store_true", help="exit 0 even when jobs failed, are running or never started"
+    )
     args = p.parse_args(argv)
     try:
-        print(collect(args.sweep_dir), end="")
+        table = collect(args.sweep_dir)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sweep = Path(args.sweep_dir)
+    bad = problems(sweep, "results.json" if is_finetune(sweep) else "summary.json")
+    print(table, end="")
     print(f"written: {Path(args.sweep_dir) / 'sweep.md'} and sweep.csv")
+    for line in bad:
+        print(line, file=sys.stderr)
+    if bad and not args.allow_missing:
+        print(f"error: {len(bad)} jobs have no results (listed above); --allow-missing to accept", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import submitit
 import yaml
 
-from launch.checks import LaunchError, check_slurm_request
+from launch.checks import LaunchError, check_capacity, check_job_config, check_slurm_request
 from launch.job import TrainJob
+from pipeline.config import ConfigError
 
 PRESET = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "launcher" / "slurm.yaml"
 
@@ -58,14 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default=None, help="submitit logs (default: <run_dir>/submitit)")
     p.add_argument("--local", action="store_true", help="submitit LocalExecutor instead of Slurm")
     p.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    p.add_argument("--dry-run", action="store_true", help="run every check, submit nothing")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the stage, after --")
     return p
 
 
-def submit(args: argparse.Namespace) -> submitit.Job:
+def submit(args: argparse.Namespace) -> submitit.Job | None:
     run_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
     if not run_dir:
         raise LaunchError("give run_dir=... among the overrides: a requeued job resumes from it")
+    # The job's config, composed and checked here: a typo must not wait hours in the queue to fail on a node.
+    check_job_config(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
     folder = Path(args.folder or Path(run_dir) / "submitit") / "%j"
     extra = dict(kv.split("=", 1) for kv in args.extra)
     if args.exclusive:
@@ -78,6 +82,9 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     else:
         check_slurm_request(
             args.partition, args.time, args.signal_delay, args.max_timeouts, args.tasks_per_node, args.gpus_per_node
+        )
+        check_capacity(
+            args.partition, args.nodes, args.tasks_per_node, args.cpus_per_task, args.mem_gb, args.gpus_per_node
         )
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=args.max_timeouts)
         params = {
@@ -100,6 +107,8 @@ def submit(args: argparse.Namespace) -> submitit.Job:
         if extra:
             params["slurm_additional_parameters"] = extra
         executor.update_parameters(**params)
+    if args.dry_run:
+        return None
     try:
         return executor.submit(TrainJob(args.stage), list(args.overrides))
     except submitit.core.utils.FailedJobError as e:
@@ -110,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         job = submit(args)
-    except LaunchError as e:
+    except ConfigError as e:  # LaunchError too: one line, nothing submitted
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if job is None:
+        print("dry run: every check passed; nothing submitted")
+        return 0
     print(f"submitted job {job.job_id}; logs: {job.paths.stdout}")
     if args.wait:
         results = job.results()  # one per task; rank 0's first

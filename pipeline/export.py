@@ -16,11 +16,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
-    pass
+class ExportError(ConfigError):
+    """A run_dir or step that cannot be exported: reported in one line (pipeline/cli.py)."""
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> tuple[Path, str]:
@@ -115,13 +117,14 @@ def write_card(out: Path, cfg, state: dict, data: dict, tag: str) -> None:
 def main() -> None:
     import hydra
 
-    import pipeline.config  # noqa: F401 - registers export_schema
+    from pipeline.cli import run, user_errors
 
     @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
     def _run(cfg) -> None:
-        print(export(cfg.run_dir, cfg.step, cfg.output))
+        with user_errors():
+            print(export(cfg.run_dir, cfg.step, cfg.output))
 
-    _run()
+    run(_run, "export")
 
 
 if __name__ == "__main__":

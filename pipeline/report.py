@@ -18,9 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from pipeline.config import ConfigError  # noqa: E402
 
-class ReportError(ValueError):
-    pass
+
+class ReportError(ConfigError):
+    """A run_dir that is not a run or sweep: reported in one line (pipeline/cli.py)."""
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -221,13 +223,14 @@ def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def main() -> None:
     import hydra
 
-    import pipeline.config  # noqa: F401 - registers report_schema
+    from pipeline.cli import run, user_errors
 
     @hydra.main(config_path="../conf", config_name="report", version_base="1.3")
     def _run(cfg) -> None:
-        print(report(cfg.run_dir, cfg.out))
+        with user_errors():
+            print(report(cfg.run_dir, cfg.out))
 
-    _run()
+    run(_run, "report")
 
 
 if __name__ == "__main__":

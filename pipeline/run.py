@@ -20,11 +20,9 @@ from pipeline.engine import BatchPlan, Engine, deepspeed_config, write_json
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
+from pipeline.preflight import STAGE_NAMES, compose  # noqa: F401 - compose: launch.job's entry to the config
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-STAGE_NAMES = ("pretrain", "finetune")
 
 
 @dataclass
@@ -133,17 +131,3 @@ def stage_function(name: str) -> Callable[..., RunResult]:
 
         return finetune
     raise ValueError(f"unknown stage {name!r}: expected one of {', '.join(STAGE_NAMES)}")
-
-
-def compose(stage: str, overrides: list[str]) -> DictConfig:
-    """The stage's config as its entry point would compose it (conf/<stage>.yaml plus overrides)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import pipeline.finetune.config  # noqa: F401 - registers the schemas
-    import pipeline.pretrain.config  # noqa: F401
-
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGE_NAMES)}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=stage, overrides=list(overrides))

@@ -380,7 +380,7 @@ def _job(sweep, num, task, lr, seed, value, score=None, metric="accuracy"):
 
 
 def test_collect_takes_the_median_over_seeds_at_the_best_lr(tmp_path):
-    from launch.collect import collect
+    from launch.collect import collect, problems
 
     sweep = tmp_path / "sweep"
     n = 0
@@ -395,6 +395,7 @@ def test_collect_takes_the_median_over_seeds_at_the_best_lr(tmp_path):
     (sweep / str(n) / ".hydra").mkdir(parents=True)  # a failed job: no results.json
     (sweep / str(n) / ".hydra" / "overrides.yaml").write_text("- task=rte\n")
     text = collect(sweep)
+    assert problems(sweep, "results.json") == [f"job {n}: no results.json (failed or still running)"]
     with open(sweep / "sweep.csv") as f:
         rows = {r["task"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"sst2", "mrpc", "average"}

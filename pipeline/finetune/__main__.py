@@ -13,15 +13,17 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.finetune.config  # noqa: F401 - registers finetune_schema and task_schema
+from pipeline.cli import run, user_errors
 
 
 @hydra.main(config_path="../../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.finetune.loop import finetune  # heavy imports after the config is known to be valid
-    from pipeline.run import run_hydra_stage
+    with user_errors():
+        from pipeline.finetune.loop import finetune  # heavy imports after the config is known to be valid
+        from pipeline.run import run_hydra_stage
 
-    return (run_hydra_stage(finetune, cfg).final or {}).get(cfg.task.main_metric)
+        return (run_hydra_stage(finetune, cfg).final or {}).get(cfg.task.main_metric)
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "finetune")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,11 @@ def resolve_source(path: str, step: int | None) -> Source:
         if step is not None:
             raise ConfigError(f"model.step={step} applies to pretraining run_dirs; {path} is a Hugging Face directory")
         return Source("hf_dir", str(p.resolve()))
+    if not p.exists() and (_looks_local(p, path) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")):
+        raise ConfigError(
+            f"model.path={path}: no such directory. Give a pretraining run_dir, a Hugging Face model directory, or "
+            f"(with hub access) a hub id such as bert-base-uncased"
+        )
     if p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(
             f"model.path={path} is not a checkpoint: neither a pretraining run_dir (a checkpoints/ folder with a "
@@ -60,6 +66,12 @@ def resolve_source(path: str, step: int | None) -> Source:
             f"at the run_dir given to pipeline.pretrain, or at the output of python -m pipeline.export."
         )
     return Source("hub", path)  # a hub id such as bert-base-uncased: needs the hub
+
+
+def _looks_local(p: Path, path: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; a path starting like a path, deeper, or under an existing local folder
+    (``hf/nope`` beside an ``hf/`` export folder) is a local path that is missing, and is never sent to the hub."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or (p.parent != Path(".") and p.parent.is_dir())
 
 
 def materialize(src: Source, run_dir: Path, rank: int, barrier) -> str:

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
@@ -28,7 +30,7 @@ SUFFIX_FORMAT = {
 }
 
 
-class TaskDataError(ValueError):
+class TaskDataError(ConfigError):
     """Bad or missing task data; the message names the file or key and the fix."""
 
 

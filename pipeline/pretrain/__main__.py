@@ -11,15 +11,17 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.pretrain.config  # noqa: F401 - registers the structured configs
+from pipeline.cli import run, user_errors
 
 
 @hydra.main(config_path="../../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.pretrain.loop import pretrain  # heavy imports after the config is known to be valid
-    from pipeline.run import run_hydra_stage
+    with user_errors():
+        from pipeline.pretrain.loop import pretrain  # heavy imports after the config is known to be valid
+        from pipeline.run import run_hydra_stage
 
-    return (run_hydra_stage(pretrain, cfg).final or {}).get("val_loss")
+        return (run_hydra_stage(pretrain, cfg).final or {}).get("val_loss")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "pretrain")

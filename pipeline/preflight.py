@@ -1,0 +1,71 @@
+"""A stage's config composed and checked without running anything: what a submitting machine does before a job is
+queued (launch.submit, the Hydra launcher callback, launch.check in the sbatch script), so that a typo fails in
+seconds here instead of after hours in the queue.
+
+Checks only what needs no data, model or process group: composition (unknown keys, values outside a choice, missing
+presets), required values left at ``???``, interpolations, and the batch plan for the job's world size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pipeline.config import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+STAGE_NAMES = ("pretrain", "finetune")
+
+
+def compose(stage: str, overrides: list[str]) -> DictConfig:
+    """The stage's config as its entry point would compose it (conf/<stage>.yaml plus overrides)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import pipeline.finetune.config  # noqa: F401 - registers the schemas
+    import pipeline.pretrain.config  # noqa: F401
+
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGE_NAMES)}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=stage, overrides=list(overrides))
+
+
+def check_config(stage: str, cfg: DictConfig, world_size: int) -> None:
+    """Raise ConfigError (one line, the key and the fix) for what would fail at the start of the job."""
+    from pipeline.engine import check_engine_config, plan_batch
+
+    job = cfg
+    if "hydra" in cfg:  # a sweep job's config, as Hydra's launcher builds it: only the job's own keys count here
+        job = cfg.copy()
+        with open_dict(job):
+            del job["hydra"]
+    missing = sorted(OmegaConf.missing_keys(job))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required and has no value: give {missing[0]}=...")
+    try:
+        OmegaConf.to_container(job, resolve=True)
+    except Exception as e:  # an interpolation that cannot resolve; the message names the key
+        raise ConfigError(" ".join(str(e).split("\n")[0:1])) from e
+    check_engine_config(cfg.engine)
+    plan_batch(cfg.global_batch_size, world_size, cfg.engine)
+    if cfg.max_steps is not None and cfg.max_steps <= 0:
+        raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
+    if stage == "finetune" and cfg.epochs <= 0:
+        raise ConfigError(f"epochs={cfg.epochs} must be positive")
+
+
+def check_job(stage: str, overrides: list[str], world_size: int) -> DictConfig:
+    """Compose and check one job; every failure is a ConfigError with the one line the entry points would print."""
+    from pipeline.cli import one_line
+
+    try:
+        cfg = compose(stage, overrides)
+    except Exception as e:
+        line = one_line(e)
+        if line is None:
+            raise
+        raise ConfigError(line) from e
+    check_config(stage, cfg, world_size)
+    return cfg
