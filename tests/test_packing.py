@@ -171,6 +171,8 @@ def test_packed_training_resumes_exactly_and_exports_as_bert_for_pretraining(syn
         "engine.micro_batch_size=8",
         "checkpoint.every_steps=4",
         "engine.loader_workers=2",
+        "model.hidden_dropout=0",  # the unpacked twin below draws no dropout masks to compare; the resume of the
+        "model.attention_dropout=0",  # dropout RNG is tested in test_pretrain.py (packing does not touch it)
     ]
     pretrain(synth_data, tmp_path / "a", *args)
     pretrain(synth_data, tmp_path / "b", *args, "stop_after_steps=5")
@@ -182,11 +184,13 @@ def test_packed_training_resumes_exactly_and_exports_as_bert_for_pretraining(syn
         for k in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "real_token_frac"):
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["step"], k)
-    # Packing fills rows: more of the token slots are real than in the unpacked run of the same samples.
-    pretrain(synth_data, tmp_path / "u", *[x for x in args if x != "data.packing=true"], "max_steps=3")
-    frac_packed = [r["real_token_frac"] for r in a if "real_token_frac" in r]
-    frac_plain = [r["real_token_frac"] for r in read_metrics(tmp_path / "u") if "real_token_frac" in r]
-    assert min(frac_packed) > max(frac_plain), (frac_packed, frac_plain)
+    # The same run unpacked: the same samples in the same order and the same math, so the same losses and tokens.
+    pretrain(synth_data, tmp_path / "u", *[x for x in args if x != "data.packing=true"])
+    u = read_metrics(tmp_path / "u")
+    for ra, ru in zip(a, u):
+        if "loss" in ra:
+            assert ru["loss"] == pytest.approx(ra["loss"], abs=1e-5), ra["step"]
+            assert ru["tokens"] == ra["tokens"] and 0 < ru["real_token_frac"] <= 1 and 0 < ra["real_token_frac"] <= 1
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["samples"] == 10 * 16
 
     from transformers import BertForPreTraining

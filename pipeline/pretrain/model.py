@@ -74,7 +74,7 @@ class BertPretrainer(BertForPreTraining):
                 kw = {"cu_seq_lens_q": cu_seqlens, "max_length_q": input_ids.shape[1]}
             if not (kw and input_ids.is_cuda):
                 # Block-diagonal: a token attends to the tokens of its own pair only (padding to padding).
-                kw["attention_mask"] = (pair_ids[:, None, :, None] == pair_ids[:, None, None, :])
+                kw["attention_mask"] = pair_ids[:, None, :, None] == pair_ids[:, None, None, :]
             out = self.bert.encoder(
                 self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids),
                 **kw,
