@@ -1,52 +1,93 @@
 #!/bin/bash
-# bert-base at seq 128 on one GPU, bf16, ZeRO-2: tokens/s and MFU from metrics.jsonl (median of logging windows,
-# the first dropped as warm-up). Run from the repo root on a GPU machine with the project's Python dependencies;
-# on this workplace's lent H200 they travel as wheels in .whl/ and the raw corpus in .gpu/ (bench/README.md).
+# The GPU fast path on one GPU, in one script that fits ~10 minutes on an H200: bert-base at seq 128 and 512,
+# bert-large at seq 128; for each, the previous step, the lean step, and lean + packing + varlen attention (and,
+# with COMPILE=1, + torch.compile on fixed shapes). Real tokens/s and MFU on real tokens only (padding never
+# counted), the real-token fraction, and a GEMM-only ceiling for the same shapes; one table (bench/gpu_tools.py).
+# Every variant uses attention dropout 0 (varlen has none), global batch 256, bf16, loader workers 4.
 #
-#   bash bench/gpu_pretrain.sh [STEPS]
+#   bash bench/gpu_pretrain.sh                  # on the GPU machine (wheels in .whl/, corpus + tokenizer in .gpu/)
+#   CPU=1 bash bench/gpu_pretrain.sh            # a tiny end-to-end rehearsal on a CPU (bert-tiny, fp32)
+#
+# It fails loudly (non-zero, FAILED: ...) rather than print a number it cannot vouch for: the varlen kernel is
+# checked against the SDPA block mask first, and every row's tokens/s, MFU, real fraction and loss are checked.
 set -euo pipefail
-STEPS=${1:-120}
+STEPS=${STEPS:-30}
 WORK=${WORK:-/tmp/bertrun-gpu}
-RESULTS=${OUT:-$WORK}
+RESULTS=${OUT:-$WORK}/fastpath
+CPU=${CPU:-0}
 mkdir -p "$WORK" "$RESULTS"
-if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
+rm -f "$RESULTS"/*.metrics.jsonl "$RESULTS"/*.meta.json "$RESULTS"/gemm.jsonl
+if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ] && [ "$CPU" = 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
+PY=${PYTHON:-python3}
 export TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1
-
-# Data: gensim's Wikipedia dump, BERT uncased vocabulary, dupe_factor 10 (about 57k instances: epochs of ~220 steps).
-DUMP=${DUMP:-.gpu/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2}
-TOK=${TOK:-.gpu/tokenizer}
-if [ ! -f "$WORK/data/manifest.json" ]; then
-  t0=$SECONDS
-  python3 -m data_prep input="$DUMP" output="$WORK/data" tokenizer.path="$TOK" dupe_factor=10 shard_mb=0.25 \
-    val_fraction=0.02 workers=${PREP_WORKERS:-16} progress=false > "$RESULTS/data_prep.log" 2>&1 \
-    || { tail -30 "$RESULTS/data_prep.log"; exit 1; }
-  echo "data_prep: $((SECONDS - t0)) s"; tail -4 "$RESULTS/data_prep.log"
+if [ "$CPU" = 0 ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  ENGINE="engine=gpu engine.precision=bf16 engine.loader_workers=4"
+  CASES="bert-base:128:128 bert-base:512:32 bert-large:128:128"   # model:seq:micro-batch
+  DUMP=${DUMP:-.gpu/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2}
+  TOK=${TOK:-.gpu/tokenizer}
+  DUPE=${DUPE:-5}; GB=256; PEAK=""
+else
+  ENGINE="engine=cpu engine.loader_workers=1"
+  CASES="bert-tiny:128:8 bert-tiny:512:4 bert-mini:128:8"
+  DUMP=$($PY -c "import gensim, pathlib; print(pathlib.Path(gensim.__file__).parent / 'test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2')")
+  TOK=$($PY -c "import sys; sys.path.insert(0, 'bench'); from pretrain_throughput import bert_tokenizer_dir; print(bert_tokenizer_dir())")
+  DUPE=1; GB=16; STEPS=${CPU_STEPS:-6}
+  PEAK="logger.peak_tflops=1.0"  # a nominal peak, only so that the MFU path is exercised end to end
 fi
+$PY -c "import torch, transformers, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1
 
-run() {
-  local name=$1; shift
-  local t0=$SECONDS
-  python3 -m pipeline.pretrain data.path="$WORK/data" model=${MODEL:-bert-base} engine=gpu engine.zero_stage=2 \
-    engine.precision=bf16 global_batch_size=256 max_steps="$STEPS" logger.every_steps=10 logger.progress=false \
-    eval.every_steps=1000000 eval.at_end=false checkpoint.every_steps=1000000 checkpoint.at_end=false \
-    run_dir="$WORK/$name" "$@" ${EXTRA:-} > "$RESULTS/$name.log" 2>&1 || { tail -30 "$RESULTS/$name.log"; return 1; }
-  cp "$WORK/$name/metrics.jsonl" "$RESULTS/$name.metrics.jsonl"
-  python3 - "$WORK/$name/metrics.jsonl" "$name" "$((SECONDS - t0))" "$*" <<'PY'
-import json, statistics, sys
-recs = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l][1:]
-med = lambda k: statistics.median(r[k] for r in recs if r.get(k) is not None)
-print(f"{sys.argv[2]:>10}: {med('tokens_per_s'):>10,.0f} tokens/s  {med('samples_per_s'):>7,.0f} samples/s  "
-      f"MFU {med('mfu'):.1%}  data wait {med('data_wait_frac'):.1%}  peak mem {max(r['mem_gb'] for r in recs):.1f} GB  "
-      f"loss {recs[-1]['loss']:.3f}  wall {sys.argv[3]} s  [{sys.argv[4]}]")
-PY
+# 1. The varlen kernel against the SDPA block mask (same weights, same packed batch): refuse to go on if it differs.
+$PY bench/gpu_tools.py check
+
+# 2. Data: gensim's Wikipedia dump at each sequence length (BERT uncased vocabulary).
+prep() {
+  local seq=$1 out="$WORK/data-$1"
+  if [ ! -f "$out/manifest.json" ]; then
+    local t0=$SECONDS
+    $PY -m data_prep input="$DUMP" output="$out" tokenizer.path="$TOK" seq_len="$seq" dupe_factor=$DUPE \
+      shard_mb=0.25 val_fraction=0.02 workers=${PREP_WORKERS:-16} progress=false > "$RESULTS/data_prep-$seq.log" 2>&1 \
+      || { tail -30 "$RESULTS/data_prep-$seq.log"; echo "FAILED: data_prep at seq $seq"; exit 1; }
+    echo "data_prep seq $seq: $((SECONDS - t0)) s"
+  fi
 }
-run eager                                             # micro-batch 128 (engine=gpu), 2 accumulation steps
-run micro256 engine.micro_batch_size=256             # the whole global batch in one micro-batch
-run compile engine.compile=true                      # torch.compile: ~3.5 min of compilation first
+for c in $CASES; do IFS=: read -r m s mb <<< "$c"; prep "$s"; done
+
+# 3. Runs. A failed run is reported and counted; the table then refuses to pass.
+FAILED=0
+run() {  # name model seq micro variant [overrides...]
+  local name=$1 model=$2 seq=$3 micro=$4 variant=$5; shift 5
+  local t0=$SECONDS
+  if $PY -m pipeline.pretrain data.path="$WORK/data-$seq" model="$model" $ENGINE engine.micro_batch_size="$micro" \
+      global_batch_size=$GB max_steps="$STEPS" logger.every_steps=$(( STEPS / 6 > 0 ? STEPS / 6 : 1 )) \
+      logger.progress=false eval.every_steps=1000000 eval.at_end=false checkpoint.every_steps=1000000 \
+      checkpoint.at_end=false model.attention_dropout=0 $PEAK run_dir="$WORK/$name" "$@" \
+      > "$RESULTS/$name.log" 2>&1; then
+    cp "$WORK/$name/metrics.jsonl" "$RESULTS/$name.metrics.jsonl"
+    printf '{"model": "%s", "seq": %s, "variant": "%s"}\n' "$model" "$seq" "$variant" > "$RESULTS/$name.meta.json"
+    echo "$name: done in $((SECONDS - t0)) s"
+  else
+    tail -20 "$RESULTS/$name.log"; echo "FAILED: $name"; FAILED=1
+  fi
+}
+for c in $CASES; do
+  IFS=: read -r model seq micro <<< "$c"
+  tag="${model}-s${seq}"
+  $PY bench/gpu_tools.py gemm "$model" "$seq" "$micro" >> "$RESULTS/gemm.jsonl"
+  run "$tag-previous" "$model" "$seq" "$micro" "previous step" engine.lean_step=false
+  run "$tag-lean" "$model" "$seq" "$micro" "lean step"
+  run "$tag-packed" "$model" "$seq" "$micro" "lean + packing + varlen" data.packing=true model.attention=varlen
+  if [ "${COMPILE:-0}" = 1 ] && [ "$seq" = 128 ] && [[ "$model" != *large* ]]; then
+    run "$tag-packed-compile" "$model" "$seq" "$micro" "lean + packing + varlen + compile" data.packing=true \
+      model.attention=varlen data.fixed_shapes=true engine.compile=true
+  fi
+done
+
+# 4. One table (refuses implausible rows: non-zero exit).
+$PY bench/gpu_tools.py table "$RESULTS" | tee "$RESULTS/table.md"
+[ "$FAILED" = 0 ] || { echo "FAILED: at least one run failed (logs in $RESULTS)"; exit 1; }

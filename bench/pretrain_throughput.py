@@ -106,6 +106,7 @@ def run_ours(data: Path, model: str, steps: int, batch: int, extra: list[str], n
         "windows": len(rates),
         "loss": recs[-1]["loss"],
         "data_wait_frac": statistics.median(r["data_wait_frac"] for r in recs[1:]),
+        "run_dir": str(run),
     }
 
 

@@ -56,6 +56,9 @@ class EngineConfig:
     prefetch_factor: int = 4
     activation_checkpointing: bool = False
     compile: bool = False
+    # Losses, counts and the non-finite flags stay on the device through the accumulation window and are read once
+    # per step; false: the previous step (a host sync per micro-batch), kept for benchmarks.
+    lean_step: bool = True
     backend: str | None = None  # null: nccl with CUDA, gloo otherwise
     accelerator: str | None = None  # null: DeepSpeed picks (cuda on GPUs, cpu otherwise)
     fp16_initial_scale_power: int = 16

@@ -151,17 +151,33 @@ class Engine:
         )
         self.module = self.ds.module
         self._forward = torch.compile(self.ds) if engine_cfg.compile else self.ds
-        self._zero_grads = False
+        self._zero_grads = False  # previous step: a host flag
+        self._bad = None  # lean step: a device flag (bool scalar) for the current micro-batch
+        self.compiled_graphs = 0
         for p in self.module.parameters():
             if p.requires_grad:
                 p.register_hook(self._grad_hook)
 
     def _grad_hook(self, g):
+        if self._bad is not None:  # where, not a product: a NaN gradient times 0 is still NaN
+            return torch.where(self._bad, torch.zeros((), dtype=g.dtype, device=g.device), g)
         return torch.zeros_like(g) if self._zero_grads else None
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
-        return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "meta"}
+        out = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "meta"}
+        if self.cfg.compile and "pair_ids" in out:  # packed rows vary in number: one graph for every count
+            for k in ("input_ids", "token_type_ids", "position_ids", "pair_ids", "cu_seqlens"):
+                torch._dynamo.maybe_mark_dynamic(out[k], 0)
+        return out
+
+    @staticmethod
+    def _tokens(mb: dict) -> tuple[float, float]:
+        """(real tokens, token slots) of a micro-batch: from its meta when the collator counted them."""
+        meta = mb.get("meta") or {}
+        if "tokens" in meta:
+            return float(meta["tokens"]), float(meta["slots"])
+        return float(mb["attention_mask"].sum()), float(mb["attention_mask"].numel())
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         return bool(all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1)).item())
@@ -170,15 +186,61 @@ class Engine:
         """One optimizer step over the accumulation window.
 
         The model's forward returns a dict with ``loss`` and any other scalar tensors (losses, counts); this returns
-        their sums over the micro-batches that were used (plus ``tokens``, ``samples``, ``skipped_micro``) and info.
+        their sums over the micro-batches that were used (plus ``tokens``, ``slots``, ``samples``, ``skipped_micro``)
+        and info.
 
-        A micro-batch whose loss is not finite on any rank gets no backward (all ranks agree, so collectives stay
-        matched); the step uses the rest of the window. If every micro-batch is non-finite, no optimizer step is
-        taken at all. (If only the last one is bad, its backward runs with gradients zeroed by a hook so that the
-        boundary reduction still happens.)
+        A micro-batch whose loss is not finite on any rank adds nothing: all ranks agree (collectives stay matched),
+        its gradients are zeroed, and the step uses the rest of the window. If every micro-batch is non-finite, no
+        optimizer step is taken at all.
         """
+        if not self.cfg.lean_step:
+            return self._train_step_synced(micro_batches, inject_nan)
         self.ds.train()
-        sums: dict[str, float] = {"tokens": 0.0, "samples": 0.0, "skipped_micro": 0.0}
+        n = len(micro_batches)
+        acc, flags, keys = None, [], None
+        try:
+            for i, mb in enumerate(micro_batches):
+                out = self._forward(**self._to_device(mb))
+                loss = out["loss"] * float("nan") if inject_nan else out["loss"]
+                if self.nan_check:  # an all-reduce of a device flag: no host sync (NCCL queues it on the stream)
+                    bad = all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))[0] > 0
+                else:
+                    bad = torch.zeros((), dtype=torch.bool, device=loss.device)
+                vals = torch.stack([v.detach().float().reshape(()) for v in out.values()])
+                vals = torch.where(bad, torch.zeros_like(vals), vals)
+                acc, keys = (vals if acc is None else acc + vals), list(out.keys())
+                flags.append(bad)
+                last = i == n - 1
+                if last:
+                    # The one host read of the step, after the last forward: the sums and which micro-batches were
+                    # bad. If all were, the boundary (reduction + optimizer step) must not happen at all.
+                    host = torch.cat([acc, torch.stack(flags).float()]).cpu().tolist()
+                    bad_flags = host[len(keys) :]
+                    if all(bad_flags):
+                        break
+                self._bad = bad if self.nan_check else None
+                self.ds.set_gradient_accumulation_boundary(last)
+                self.ds.backward(loss)
+                self.ds.step()
+        finally:
+            self._bad = None
+        sums = dict(zip(keys, host[: len(keys)]))
+        sums.update(tokens=0.0, slots=0.0, samples=0.0, skipped_micro=float(sum(bad_flags)))
+        for mb, b in zip(micro_batches, bad_flags):
+            if not b:
+                t, slots = self._tokens(mb)
+                sums["tokens"] += t
+                sums["slots"] += slots
+                sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
+        self._count_graphs()
+        return sums, {"good_micro": n - int(sum(bad_flags))}
+
+    def _train_step_synced(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[dict, dict]:
+        """The previous step (engine.lean_step=false): the non-finite agreement and the sums read per micro-batch.
+        A bad micro-batch gets no backward, except the last one when others were good: its backward runs with
+        gradients zeroed so that the boundary reduction still happens."""
+        self.ds.train()
+        sums: dict[str, float] = {"tokens": 0.0, "slots": 0.0, "samples": 0.0, "skipped_micro": 0.0}
         n, good = len(micro_batches), 0
         for i, mb in enumerate(micro_batches):
             out = self._forward(**self._to_device(mb))
@@ -200,9 +262,18 @@ class Engine:
             vals = torch.stack([v.detach().float().reshape(()) for v in out.values()]).cpu().tolist()
             for k, v in zip(out.keys(), vals):
                 sums[k] = sums.get(k, 0.0) + v
-            sums["tokens"] += float(mb["attention_mask"].sum())
-            sums["samples"] += mb["input_ids"].shape[0]
+            t, slots = self._tokens(mb)
+            sums["tokens"] += t
+            sums["slots"] += slots
+            sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
+        self._count_graphs()
         return sums, {"good_micro": good}
+
+    def _count_graphs(self) -> None:
+        if self.cfg.compile:  # graphs dynamo has compiled so far: constant once warm unless something recompiles
+            from torch._dynamo.utils import counters
+
+            self.compiled_graphs = int(counters["stats"]["unique_graphs"])
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict:

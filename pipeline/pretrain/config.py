@@ -24,6 +24,12 @@ class OnBadShard(StrEnum):
     error = "error"
 
 
+class Attention(StrEnum):
+    sdpa = "sdpa"  # torch SDPA; packed batches get a block-diagonal mask
+    # Packed batches through torch's varlen (flash) kernel on CUDA, no attention dropout; SDPA for the rest.
+    varlen = "varlen"
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -42,6 +48,7 @@ class ModelConfig:
     vocab_multiple_of: int = 8
     # A Hugging Face BERT directory to start from instead of random weights (continued pretraining).
     init_from: str | None = None
+    attention: Attention = Attention.sdpa  # varlen needs attention_dropout=0 (the fast-path recipe, README)
 
 
 @dataclass
@@ -55,6 +62,12 @@ class DataConfig:
     max_predictions_per_seq: int | None = None  # cap on masked tokens per sequence (BERT used 20 at seq 128)
     whole_word_masking: bool = False
     pad_to_multiple_of: int = 8
+    # Several sentence pairs per row up to seq_len (block-diagonal attention, NSP at each pair's [CLS]); the same
+    # samples per micro-batch and per epoch as unpacked (pipeline/pretrain/packing.py).
+    packing: bool = False
+    # Rows seq_len wide and a fixed number of masked-position slots, so torch.compile compiles once (packed batches
+    # still vary in their number of rows: the engine marks that dimension dynamic).
+    fixed_shapes: bool = False
     verify: ShardCheck = ShardCheck.size  # shard checks before training
     on_bad_shard: OnBadShard = OnBadShard.skip
     # Refuse data whose manifest fingerprint or tokenizer differs from the checkpoint's, unless this is true.

@@ -172,8 +172,12 @@ class Masker:
         pad_multiple: int,
         whole_word: bool,
         continuation: np.ndarray | None = None,
+        fixed_width: int | None = None,
     ):
         self.sp = spec.special_ids
+        # Fixed shapes (for torch.compile / CUDA graphs): every batch is fixed_width wide and holds a fixed number of
+        # masked-position slots (padded with label -100, ignored by the loss).
+        self.fixed_width = fixed_width
         self.vocab_size = spec.vocab_size
         self.p = mlm_probability
         self.max_pred = max_predictions
@@ -190,7 +194,8 @@ class Masker:
     def __call__(self, samples: list[tuple[np.ndarray, int, int]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         b = len(samples)
         lens = np.fromiter((len(s[0]) for s in samples), dtype=np.int64, count=b)
-        width = int(-(-lens.max() // self.pad_multiple) * self.pad_multiple)
+        natural = int(-(-lens.max() // self.pad_multiple) * self.pad_multiple)
+        width = max(self.fixed_width or 0, natural)
         ids = np.full((b, width), self.sp["pad"], dtype=np.int64)
         tt = np.zeros((b, width), dtype=np.int64)
         for i, (x, a_len, _) in enumerate(samples):
@@ -204,7 +209,8 @@ class Masker:
             n_mask = np.minimum(n_mask, self.max_pred)
         n_mask = np.minimum(n_mask, n_cand)
         if self.continuation is None:
-            keys = rng.random((b, width))
+            keys = rng.random((b, natural))  # drawn at the natural width: fixed shapes mask the same tokens
+            keys = np.pad(keys, ((0, 0), (0, width - natural)), constant_values=2.0)
             keys[~cand] = 2.0
             kth = np.take_along_axis(np.sort(keys, axis=1), np.maximum(n_mask - 1, 0)[:, None], axis=1)
             selected = (keys <= kth) & cand & (n_mask[:, None] > 0)
@@ -218,6 +224,8 @@ class Masker:
         rand_pos = positions[(r >= 0.8) & (r < 0.9)]
         flat[rand_pos] = self.replacements[rng.integers(0, len(self.replacements), len(rand_pos))]
         nsp = np.fromiter((s[2] for s in samples), dtype=np.int64, count=b)
+        if self.fixed_width:
+            positions, labels = self._pad_predictions(positions, labels, b)
         return {
             "input_ids": torch.from_numpy(ids),
             "token_type_ids": torch.from_numpy(tt),
@@ -225,7 +233,21 @@ class Masker:
             "mlm_positions": torch.from_numpy(positions),
             "mlm_labels": torch.from_numpy(labels),
             "nsp_labels": torch.from_numpy(nsp),
+            "meta": {"tokens": int(lens.sum()), "slots": int(ids.size)},  # real tokens, token slots incl. padding
         }
+
+    def predictions_per_seq(self) -> int:
+        """An upper bound of the masked tokens of one sequence (whole words may overrun n_mask by one word)."""
+        cap = max(1, int(np.rint(self.fixed_width * self.p)))
+        cap = min(cap, self.max_pred) if self.max_pred else cap
+        return cap + (8 if self.continuation is not None else 0)
+
+    def _pad_predictions(self, positions: np.ndarray, labels: np.ndarray, b: int):
+        k = b * self.predictions_per_seq()
+        if len(positions) > k:  # a whole word longer than the slack: a rare extra shape, never a dropped label
+            k = -(-len(positions) // 64) * 64
+        pad = k - len(positions)
+        return np.concatenate([positions, np.zeros(pad, np.int64)]), np.concatenate([labels, np.full(pad, -100)])
 
     def _whole_words(self, ids, cand, n_mask, rng) -> np.ndarray:
         cont = self.continuation[ids] & cand
@@ -404,6 +426,7 @@ class PretrainStreams(IterableDataset):
                 rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
                 batch = self.masker([x for x, _ in chunk], rng)
                 batch["meta"] = {
+                    **batch.get("meta", {}),
                     "epoch": self.epoch,
                     "stream": stream,
                     "batch": batch_idx,

@@ -15,6 +15,7 @@ from pipeline.dist import DistEnv, all_reduce_sum, gather_lists
 from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import data as D
 from pipeline.pretrain.model import build_model, flops_per_token
+from pipeline.pretrain.packing import PackingCollator
 from pipeline.run import RunResult, start_run
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ KEYS = (
     "nsp_correct",
     "nsp_count",
     "tokens",
+    "slots",
     "samples",
     "skipped_micro",
 )
@@ -171,9 +173,14 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         cfg.data.pad_to_multiple_of,
         cfg.data.whole_word_masking,
         cont,
+        fixed_width=seq_len if cfg.data.fixed_shapes else None,
     )
+    # Packing is a step of collation, after masking: the loader's plan and positions are the unpacked ones.
+    collate = PackingCollator(masker, seq_len, cfg.data.pad_to_multiple_of, cfg.data.fixed_shapes)
     pin = device.type == "cuda"
-    batches = D.Batches(spec, masker, cfg, env.rank, env.world_size, plan.micro_batch, pin, state)
+    batches = D.Batches(
+        spec, collate if cfg.data.packing else masker, cfg, env.rank, env.world_size, plan.micro_batch, pin, state
+    )
     fpt = flops_per_token(engine.module.config, spec.seq_len, cfg.data.mlm_probability)
     peak = peak_tflops(cfg, device)
     if spec.skipped_shards:
@@ -217,7 +224,8 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                     "lr": engine.lr(),
                     "grad_norm": engine.grad_norm(),
                     "epoch": state.epoch,
-                    "tokens_per_s": tot["tokens"] / dt,
+                    "tokens_per_s": tot["tokens"] / dt,  # real tokens (no padding)
+                    "real_token_frac": tot["tokens"] / max(tot["slots"], 1.0),
                     "samples_per_s": tot["samples"] / dt,
                     "data_wait_frac": (batches.wait_s - wait0) / dt,
                     "skipped_steps": state.skipped_steps,
@@ -228,6 +236,8 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                 }
                 if peak:
                     rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * 1e12 * env.world_size)
+                if cfg.engine.compile:
+                    rec["compiled_graphs"] = engine.compiled_graphs
                 if engine.loss_scale() is not None:
                     rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
                 metrics.log(rec, state.step)
