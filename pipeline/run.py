@@ -15,11 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointManager, TrainState
-from pipeline.dist import DistEnv, barrier, detect, shutdown
+from pipeline.dist import DistEnv, barrier, detect, gather_lists, shutdown
 from pipeline.engine import BatchPlan, Engine, deepspeed_config, write_json
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
+from pipeline.runlock import RunDirBusy, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,31 @@ class Run:
     flag: SignalFlag
     bar: tqdm
     config_yaml: str
+    lock: RunLock | None = None
 
     def close(self) -> None:
         self.bar.close()
         self.flag.restore()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def lock_run_dir(env: DistEnv, run_dir: Path) -> RunLock | None:
+    """Rank 0 takes ``run_dir``'s lock before any work (see runlock.py); every rank learns the outcome, so a busy
+    run_dir stops all of them at once with the holder's name. Returns the lock on rank 0 (None elsewhere)."""
+    lock, refusal = None, []
+    if env.rank == 0:
+        lock = RunLock(run_dir)
+        try:
+            previous = lock.acquire()
+            if previous:
+                log.info("took over %s from a run that is gone (pid %s)", lock.path, previous.get("pid"))
+        except RunDirBusy as e:
+            refusal = [str(e)]
+    refusal = gather_lists(refusal)
+    if refusal:
+        raise RunDirBusy(refusal[0])
+    return lock
 
 
 def start_run(
@@ -69,6 +91,7 @@ def start_run(
     group: str | None,
     desc: str,
     check_resume: Callable[[dict], None] | None = None,
+    lock: RunLock | None = None,
 ) -> Run:
     """Optimizer, schedule and engine for ``model``; the resolved config and DeepSpeed JSON in ``run_dir``; the
     latest complete checkpoint loaded into the engine and ``state`` (after ``check_resume`` saw its trainer state)."""
@@ -92,7 +115,7 @@ def start_run(
     flag = SignalFlag(list(cfg.preempt.signals))
     quiet = env.rank != 0 or not cfg.logger.progress
     bar = tqdm(total=total_steps, initial=state.step, disable=quiet, desc=desc, dynamic_ncols=True)
-    return Run(env, run_dir, plan, engine, ckpt, state, tag, metrics, flag, bar, config_yaml)
+    return Run(env, run_dir, plan, engine, ckpt, state, tag, metrics, flag, bar, config_yaml, lock)
 
 
 def run_stage(

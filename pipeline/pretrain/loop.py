@@ -15,7 +15,7 @@ from pipeline.dist import DistEnv, all_reduce_sum, gather_lists
 from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import data as D
 from pipeline.pretrain.model import build_model, flops_per_token
-from pipeline.run import RunResult, start_run
+from pipeline.run import RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
 
     # Process group, shards, the run_dir's own copy of what it needs of the data, model, engine, resume.
     device = init_process_group(env, cfg.engine)
+    lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
     D.verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
     if env.rank == 0:
         D.keep_in_run_dir(spec, run_dir)
@@ -159,7 +160,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
 
     run = start_run(
         cfg, env, run_dir, plan, device, model, cfg.max_steps, state, group=group, desc="pretrain",
-        check_resume=check_resume,
+        check_resume=check_resume, lock=lock,
     )  # fmt: skip
     state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
     engine, metrics = run.engine, run.metrics
