@@ -11,7 +11,7 @@ import torch
 
 from pipeline.checkpoint import TrainState
 from pipeline.config import ConfigError
-from pipeline.dist import DistEnv, all_reduce_sum, gather_lists
+from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_lost
 from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import data as D
 from pipeline.pretrain.model import build_model, flops_per_token
@@ -254,6 +254,14 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             if stop_now:
                 result.stopped_by_signal = stop_signal
                 break
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        raise PeerLost(
+            f"rank {env.rank}/{env.world_size}: another rank of this job died during step {state.step + 1} "
+            f"({str(e).splitlines()[0][-160:]}). The launcher's log names it. Run the same command again to resume "
+            f"from {run.ckpt.root / (run.ckpt.latest() or '(no checkpoint yet)')}."
+        ) from e
     finally:  # stop the loader workers (they ignore TERM, see data.py) and give the signals back
         batches.close()
         run.close()
