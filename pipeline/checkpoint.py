@@ -46,6 +46,8 @@ class TrainState:
     bad_samples: int = 0
     world_size: int = 1
     streams_per_rank: int = 1
+    micro_batch: int = 0  # 0: not recorded (older checkpoints)
+    resplits: list = field(default_factory=list)  # layouts this epoch was re-split from (pretrain/elastic.py)
     data_fingerprint: str = ""
     tokenizer_sha256: str = ""
     best: dict = field(default_factory=dict)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointManager, TrainState
 from pipeline.dist import DistEnv, barrier, detect, gather_lists, shutdown
-from pipeline.engine import BatchPlan, Engine, deepspeed_config, write_json
+from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_config, partitioned, write_json
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
@@ -96,18 +96,32 @@ def start_run(
     """Optimizer, schedule and engine for ``model``; the resolved config and DeepSpeed JSON in ``run_dir``; the
     latest complete checkpoint loaded into the engine and ``state`` (after ``check_resume`` saw its trainer state)."""
     ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if env.rank == 0:
         write_json(run_dir / "deepspeed_config.json", ds_config)
         (run_dir / "config.yaml").write_text(config_yaml)
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
     tag = ckpt.latest()
+    saved = ckpt.trainer_state(tag) if tag else None
+    if saved is not None and check_resume is not None:
+        check_resume(saved)
+    resized = bool(saved) and saved.get("world_size", env.world_size) != env.world_size
+    universal = resized and partitioned(ckpt.root / tag)
+    if universal:  # another data-parallel size: DeepSpeed's universal checkpoint, converted once by rank 0
+        failed = []
+        if env.rank == 0:
+            log.info("%s was written by %d ranks; this run has %d", tag, saved["world_size"], env.world_size)
+            try:
+                convert_to_universal(ckpt.root, tag)
+            except RuntimeError as e:
+                failed = [str(e)]
+        failed = gather_lists(failed)
+        if failed:
+            raise RuntimeError(failed[0])
+    optimizer = build_optimizer(model, cfg.optim, device)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check, universal)
     if tag:
-        if check_resume is not None:
-            check_resume(ckpt.trainer_state(tag))
         ckpt.load(engine, tag, state)
         log.info("resumed from %s (step %d)", ckpt.root / tag, state.step)
     config = OmegaConf.to_container(cfg, resolve=True)
