@@ -12,6 +12,9 @@ Layout in ``run_dir/checkpoints/``::
 DeepSpeed's own ``latest`` file is never written (``save_latest=False``): DeepSpeed writes it with a plain write
 before its final barrier, so a crash could leave it naming a partial checkpoint. A folder without ``COMPLETE`` is
 never loaded; it is removed when the next save starts.
+
+Testing aid: ``BERTRUN_PAUSE_IN_SAVE=STEP:SECONDS`` makes rank 0 sleep inside the save of step STEP, after every
+rank has written its files and before ``COMPLETE``, so a test can ``kill -9`` the run inside that window.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,8 @@ class TrainState:
     bad_samples: int = 0
     world_size: int = 1
     streams_per_rank: int = 1
+    micro_batch: int = 0  # 0: not recorded (older checkpoints)
+    resplits: list = field(default_factory=list)  # layouts this epoch was re-split from (pretrain/elastic.py)
     data_fingerprint: str = ""
     tokenizer_sha256: str = ""
     best: dict = field(default_factory=dict)
@@ -81,6 +87,13 @@ def _atomic_write(path: Path, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _pause_for_tests(step: int) -> None:
+    aid = os.environ.get("BERTRUN_PAUSE_IN_SAVE", "")
+    if aid and int(aid.split(":")[0]) == step:
+        log.warning("BERTRUN_PAUSE_IN_SAVE: pausing inside the save of step %d", step)
+        time.sleep(float(aid.split(":")[1]))
 
 
 class CheckpointManager:
@@ -128,6 +141,7 @@ class CheckpointManager:
         torch.save(rng_state(), folder / f"rank_{self.rank:05d}.pt")
         self.barrier()
         if self.rank == 0:
+            _pause_for_tests(state.step)
             _atomic_write(folder / "trainer_state.json", json.dumps(state.state_dict(), indent=2))
             _atomic_write(folder / "config.yaml", config_yaml)
             _atomic_write(folder / "COMPLETE", tag + "\n")

@@ -152,6 +152,19 @@ def gather_lists(items: list) -> list:
     return [x for part in out for x in part]
 
 
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+class PeerLost(RuntimeError):
+    """Another process of the job died (``kill -9``, OOM killer, a lost node): its connections dropped."""
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether a collective failed because a peer's connection dropped (gloo raises at once; NCCL only after
+    ``engine.timeout_s`` unless async error handling aborts the communicator first)."""
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in PEER_LOST)
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -134,9 +134,13 @@ class Engine:
         ds_config: dict,
         device: torch.device,
         nan_check: bool = True,
+        load_universal: bool = False,
     ):
         import deepspeed
 
+        if load_universal:  # the next load reads a universal checkpoint (another data-parallel size)
+            ds_config = _merge(ds_config, {"checkpoint": {"load_universal": True}})
+        self.load_universal = load_universal
         self.device = device
         self.nan_check = nan_check
         self.cfg = engine_cfg
@@ -300,11 +304,15 @@ class Engine:
         self.ds.save_checkpoint(str(ckpt_root), tag=tag, client_state=client_state, save_latest=False)
 
     def load(self, ckpt_root: Path, tag: str) -> dict:
+        root, name = (Path(ckpt_root) / tag, UNIVERSAL) if self.load_universal else (Path(ckpt_root), tag)
         path, client_state = self.ds.load_checkpoint(
-            str(ckpt_root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(root), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_root}/{tag}")
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {root}/{name}")
+        if self.load_universal:  # later saves and loads are ordinary ones at this size
+            self.ds._config.load_universal_checkpoint = False
+            self.load_universal = False
         return client_state or {}
 
     def memory(self) -> dict:
@@ -313,6 +321,62 @@ class Engine:
         import psutil
 
         return {"mem_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+UNIVERSAL = "universal"  # step_N/universal/: the cached universal form of step_N
+
+
+def partitioned(folder: Path) -> bool:
+    """Whether a checkpoint holds optimizer state partitioned per rank (ZeRO 1-3, or bf16's optimizer at stage 0),
+    which only loads at another data-parallel size through DeepSpeed's universal checkpoint."""
+    return any(Path(folder).glob("*optim_states.pt"))
+
+
+def convert_to_universal(ckpt_root: Path, tag: str) -> Path:
+    """``step_N/universal/`` from ``step_N`` (DeepSpeed's ds_to_universal), built once and cached: rank 0 only.
+
+    It is built in a temporary folder and renamed when complete, so a failed or killed conversion leaves the original
+    checkpoint as it was and is simply redone next time. Checkpoints lack the ``universal_checkpoint_info`` client
+    state the converter asks for; ``inject_missing_state`` adds it to its own copy.
+    """
+    import argparse
+    import shutil
+    import time
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    folder = Path(ckpt_root) / tag
+    out, tmp = folder / UNIVERSAL, folder / f".{UNIVERSAL}.tmp"
+    if (out / "COMPLETE").is_file():
+        return out
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    args = argparse.Namespace(
+        input_folder=str(folder),
+        output_folder=str(tmp),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
+    try:
+        ds_to_universal(args)
+        (tmp / "COMPLETE").write_text(tag + "\n")
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(
+            f"converting {folder} to a universal checkpoint failed ({type(e).__name__}: {e}); the checkpoint is "
+            f"untouched. Resume with the world size it was written with, or report this with the log."
+        ) from e
+    finally:
+        (folder / "latest_universal").unlink(missing_ok=True)  # the converter's own pointer, next to its output
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log.info("converted %s to a universal checkpoint in %.1fs (%.1f MB, cached in %s)", tag, time.perf_counter() - t0,
+             size / 1e6, out)  # fmt: skip
+    return out
 
 
 def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:

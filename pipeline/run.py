@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointManager, TrainState
-from pipeline.dist import DistEnv, barrier, detect, shutdown
-from pipeline.engine import BatchPlan, Engine, deepspeed_config, write_json
+from pipeline.dist import DistEnv, barrier, detect, gather_lists, shutdown
+from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_config, partitioned, write_json
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
 from pipeline.preflight import STAGE_NAMES, compose  # noqa: F401 - compose: launch.job's entry to the config
+from pipeline.runlock import RunDirBusy, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,31 @@ class Run:
     flag: SignalFlag
     bar: tqdm
     config_yaml: str
+    lock: RunLock | None = None
 
     def close(self) -> None:
         self.bar.close()
         self.flag.restore()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def lock_run_dir(env: DistEnv, run_dir: Path) -> RunLock | None:
+    """Rank 0 takes ``run_dir``'s lock before any work (see runlock.py); every rank learns the outcome, so a busy
+    run_dir stops all of them at once with the holder's name. Returns the lock on rank 0 (None elsewhere)."""
+    lock, refusal = None, []
+    if env.rank == 0:
+        lock = RunLock(run_dir)
+        try:
+            previous = lock.acquire()
+            if previous:
+                log.info("took over %s from a run that is gone (pid %s)", lock.path, previous.get("pid"))
+        except RunDirBusy as e:
+            refusal = [str(e)]
+    refusal = gather_lists(refusal)
+    if refusal:
+        raise RunDirBusy(refusal[0])
+    return lock
 
 
 def start_run(
@@ -67,22 +89,37 @@ def start_run(
     group: str | None,
     desc: str,
     check_resume: Callable[[dict], None] | None = None,
+    lock: RunLock | None = None,
 ) -> Run:
     """Optimizer, schedule and engine for ``model``; the resolved config and DeepSpeed JSON in ``run_dir``; the
     latest complete checkpoint loaded into the engine and ``state`` (after ``check_resume`` saw its trainer state)."""
     ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if env.rank == 0:
         write_json(run_dir / "deepspeed_config.json", ds_config)
         (run_dir / "config.yaml").write_text(config_yaml)
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
     tag = ckpt.latest()
+    saved = ckpt.trainer_state(tag) if tag else None
+    if saved is not None and check_resume is not None:
+        check_resume(saved)
+    resized = bool(saved) and saved.get("world_size", env.world_size) != env.world_size
+    universal = resized and partitioned(ckpt.root / tag)
+    if universal:  # another data-parallel size: DeepSpeed's universal checkpoint, converted once by rank 0
+        failed = []
+        if env.rank == 0:
+            log.info("%s was written by %d ranks; this run has %d", tag, saved["world_size"], env.world_size)
+            try:
+                convert_to_universal(ckpt.root, tag)
+            except RuntimeError as e:
+                failed = [str(e)]
+        failed = gather_lists(failed)
+        if failed:
+            raise RuntimeError(failed[0])
+    optimizer = build_optimizer(model, cfg.optim, device)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check, universal)
     if tag:
-        if check_resume is not None:
-            check_resume(ckpt.trainer_state(tag))
         ckpt.load(engine, tag, state)
         log.info("resumed from %s (step %d)", ckpt.root / tag, state.step)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -90,7 +127,7 @@ def start_run(
     flag = SignalFlag(list(cfg.preempt.signals))
     quiet = env.rank != 0 or not cfg.logger.progress
     bar = tqdm(total=total_steps, initial=state.step, disable=quiet, desc=desc, dynamic_ncols=True)
-    return Run(env, run_dir, plan, engine, ckpt, state, tag, metrics, flag, bar, config_yaml)
+    return Run(env, run_dir, plan, engine, ckpt, state, tag, metrics, flag, bar, config_yaml, lock)
 
 
 def run_stage(

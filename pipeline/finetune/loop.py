@@ -28,7 +28,7 @@ from pipeline.finetune.eval import evaluate
 from pipeline.finetune.metrics import better, task_score
 from pipeline.finetune.model import build_task_model, materialize, resolve_source, save_hf_model
 from pipeline.finetune.tasks import TaskDataError, collate, featurize, load_task
-from pipeline.run import RunResult, start_run
+from pipeline.run import RunResult, lock_run_dir, start_run
 
 log = logging.getLogger("pipeline.finetune")
 
@@ -82,6 +82,7 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
 
     # Process group, source weights, tokenizer, features, model, engine.
     device = init_process_group(env, cfg.engine)
+    lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
     model_path = materialize(src, run_dir, env.rank, barrier)
     from transformers import AutoTokenizer
 
@@ -107,8 +108,9 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             )
 
     run = start_run(
-        cfg, env, run_dir, plan, device, model, total, state, group=group, desc=task.name, check_resume=check_resume
-    )
+        cfg, env, run_dir, plan, device, model, total, state, group=group, desc=task.name, check_resume=check_resume,
+        lock=lock,
+    )  # fmt: skip
     engine, metrics = run.engine, run.metrics
     best_ckpt = CheckpointManager(run_dir / "best", 1, env.rank, barrier)  # the best model so far, one kept
     pad_id = tokenizer.pad_token_id or 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import tarfile
@@ -355,13 +356,15 @@ class PretrainStreams(IterableDataset):
         on_bad: str,
         tag: int = 0,
         length_buckets: bool = False,
+        plan: tuple[list[list[Piece]], int] | None = None,
     ):
         self.shards, self.masker = shards, masker
         self.buckets = length_buckets
         self.rank, self.world, self.w = rank, world, streams_per_rank
         self.mbs, self.epoch, self.start, self.seed = micro_batch, epoch, start_batch, seed
         self.shuffle, self.block, self.on_bad, self.tag = shuffle, shuffle_block, on_bad, tag
-        self.pieces, self.per_stream = plan_epoch(
+        # ``plan``: the rest of an epoch re-split after a resume on another layout (pipeline/pretrain/elastic.py).
+        self.pieces, self.per_stream = plan or plan_epoch(
             [s.samples for s in shards], world * self.w, epoch, seed + 1000 * tag, shuffle
         )
         self.batches_per_stream = self.per_stream // micro_batch
@@ -382,15 +385,25 @@ class PretrainStreams(IterableDataset):
         cum = np.cumsum([0] + [p.stop - p.start for p in pieces])
 
         def samples_from(pos: int):
+            """((shard, index), sample or None) from position ``pos`` of the stream on. A reader stays open across
+            pieces that go forward in the same shard (a re-split plan has many one-sample pieces)."""
             i = bisect_right(cum, pos) - 1
+            gen, at = None, (-1, 0)
             while i < len(pieces):
                 p = pieces[i]
                 local_start = p.start + (pos - cum[i])
-                gen = read_samples(self.shards[p.shard], local_start, self.on_bad)
-                for _ in range(p.stop - local_start):
-                    yield next(gen)
-                gen.close()
+                if gen is None or at[0] != p.shard or at[1] > local_start:
+                    if gen is not None:
+                        gen.close()
+                    gen, at = read_samples(self.shards[p.shard], local_start, self.on_bad), (p.shard, local_start)
+                for _ in range(local_start - at[1]):
+                    next(gen)
+                for k in range(local_start, p.stop):
+                    yield (p.shard, k), next(gen)
+                at = (p.shard, p.stop)
                 i, pos = i + 1, cum[i + 1]
+            if gen is not None:
+                gen.close()
 
         src = samples_from(block_idx * bsz)
         fallback = None
@@ -399,13 +412,13 @@ class PretrainStreams(IterableDataset):
         while batch_idx < self.batches_per_stream:
             block = [next(src) for _ in range(min(bsz, int(cum[-1]) - pos))]
             pos += len(block)
-            good = [x for x in block if x is not None]
+            good = [x for x in block if x[1] is not None]
             if len(good) < len(block):
                 if not good:  # a whole block unreadable: fill from the stream's first readable samples
                     good = fallback = fallback if fallback is not None else self._first_good(samples_from, bsz, stream)
                 # A bad sample is replaced by a good one of its block, so every rank keeps its batch count.
                 fill = np.random.default_rng([self.seed, self.epoch, stream, block_idx, 99])
-                block = [(x, False) if x is not None else (good[fill.integers(len(good))], True) for x in block]
+                block = [(x, False) if x[1] is not None else (good[fill.integers(len(good))], True) for x in block]
             else:
                 block = [(x, False) for x in block]
             if self.shuffle and self.block > 0:
@@ -414,7 +427,7 @@ class PretrainStreams(IterableDataset):
                 )
                 block = [block[j] for j in order]
                 if self.buckets:  # batches of similar lengths (less padding), in a random order
-                    block = sorted(block, key=lambda item: len(item[0][0]))
+                    block = sorted(block, key=lambda item: len(item[0][1][0]))
                     chunks = [block[i : i + self.mbs] for i in range(0, len(block), self.mbs)]
                     rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, block_idx, 2])
                     block = [x for j in rng.permutation(len(chunks)) for x in chunks[j]]
@@ -424,13 +437,14 @@ class PretrainStreams(IterableDataset):
             while len(pending) >= self.mbs and batch_idx < self.batches_per_stream:
                 chunk, pending = pending[: self.mbs], pending[self.mbs :]
                 rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
-                batch = self.masker([x for x, _ in chunk], rng)
+                batch = self.masker([x[1] for x, _ in chunk], rng)
                 batch["meta"] = {
                     **batch.get("meta", {}),
                     "epoch": self.epoch,
                     "stream": stream,
                     "batch": batch_idx,
                     "bad_samples": sum(b for _, b in chunk),  # replaced by a good sample of the block
+                    "samples": [(self.shards[x[0][0]].name, x[0][1]) for x, _ in chunk],  # identity: (shard, index)
                 }
                 yield batch
                 batch_idx += 1
@@ -442,7 +456,7 @@ class PretrainStreams(IterableDataset):
         """Up to n readable samples from the start of the stream (history-free, so a resumed run fills alike)."""
         good = []
         for x in samples_from(0):
-            if x is not None:
+            if x[1] is not None:
                 good.append(x)
                 if len(good) == n:
                     break
@@ -504,6 +518,8 @@ class Batches:
         self.streams = max(1, cfg.engine.loader_workers)
         self.wait_s = 0.0
         self._it = None
+        # Testing aid: BERTRUN_SAMPLE_LOG=PATH appends each micro-batch's sample ids to PATH.rank<r> (JSON lines).
+        self._sample_log = os.environ.get("BERTRUN_SAMPLE_LOG")
 
     def _open(self):
         ds = PretrainStreams(
@@ -520,6 +536,7 @@ class Batches:
             shuffle_block=self.cfg.data.shuffle_block,
             on_bad=self.cfg.data.on_bad_shard,
             length_buckets=self.cfg.data.length_buckets,
+            plan=self._plan(),
         )
         if ds.batches_per_epoch == 0:
             raise DataError(
@@ -530,6 +547,20 @@ class Batches:
         self.batches_per_epoch = ds.batches_per_epoch
         loader = make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
         self._it = iter(loader)
+
+    def _plan(self):
+        if not getattr(self.position, "resplits", None):
+            return None
+        from pipeline.pretrain.elastic import epoch_plan
+
+        pos = self.position
+        return epoch_plan(self.spec.train, self.masker, self.cfg, pos.epoch, pos.resplits, self.world, self.streams)
+
+    def _new_epoch(self) -> None:
+        pos = self.position
+        pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+        if getattr(pos, "resplits", None):
+            pos.resplits = []
 
     def close(self) -> None:
         """Stop the loader workers now: they ignore TERM (see ignore_stop_signals), so multiprocessing's exit-time
@@ -546,12 +577,15 @@ class Batches:
             self._open()
         batch = next(self._it, None)
         if batch is None:  # end of epoch
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            self._new_epoch()
             self._open()
             batch = next(self._it)
         pos.batch_in_epoch += 1
+        if self._sample_log:
+            with open(f"{self._sample_log}.rank{self.rank}", "a") as f:
+                f.write(json.dumps({"epoch": pos.epoch, "samples": batch["meta"]["samples"]}) + "\n")
         if pos.batch_in_epoch == self.batches_per_epoch:
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            self._new_epoch()
             self._it = None  # the loader is exhausted; the next call opens the next epoch
         self.wait_s += time.perf_counter() - t0
         return batch

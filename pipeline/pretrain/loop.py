@@ -11,12 +11,13 @@ import torch
 
 from pipeline.checkpoint import TrainState
 from pipeline.config import ConfigError
-from pipeline.dist import DistEnv, all_reduce_sum, gather_lists
+from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_lost
 from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import data as D
+from pipeline.pretrain.elastic import note_layout
 from pipeline.pretrain.model import build_model, flops_per_token
 from pipeline.pretrain.packing import PackingCollator
-from pipeline.run import RunResult, start_run
+from pipeline.run import RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
 
 
-def check_resume_compat(state: dict, spec: D.DataSpec, world: int, streams: int, allow_change: bool) -> None:
-    if state.get("world_size", world) != world:
-        raise ConfigError(
-            f"the checkpoint was written by {state['world_size']} ranks and this run has {world}: ZeRO optimizer "
-            f"state is partitioned per rank. Resume with the same number of processes (DeepSpeed's ds_to_universal "
-            f"conversion is the route to another size)."
-        )
+def check_resume_compat(state: dict, spec: D.DataSpec, allow_change: bool) -> None:
+    """Another world size, loader_workers or micro-batch is fine (universal checkpoint, re-split data); other data
+    or another tokenizer is refused unless asked for."""
     if not allow_change:
         if state.get("data_fingerprint") and state["data_fingerprint"] != spec.fingerprint:
             raise ConfigError(
@@ -48,12 +45,6 @@ def check_resume_compat(state: dict, spec: D.DataSpec, world: int, streams: int,
             raise ConfigError(
                 f"the tokenizer of {spec.root} differs from the checkpoint's; the embeddings would be meaningless. "
                 f"Set data.allow_data_change=true only if the vocabulary is the same."
-            )
-        if state.get("streams_per_rank", streams) != streams:
-            raise ConfigError(
-                f"engine.loader_workers changed ({state['streams_per_rank']} -> {streams}): the sample order depends "
-                f"on it. Resume with engine.loader_workers={state['streams_per_rank']}, or set "
-                f"data.allow_data_change=true to accept a different order."
             )
 
 
@@ -149,21 +140,25 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
 
     # Process group, shards, the run_dir's own copy of what it needs of the data, model, engine, resume.
     device = init_process_group(env, cfg.engine)
+    lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
     D.verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
     if env.rank == 0:
         D.keep_in_run_dir(spec, run_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.vocab_size, spec.special_ids["pad"])
-    state = TrainState(world_size=env.world_size, streams_per_rank=streams)
+    state = TrainState(world_size=env.world_size, streams_per_rank=streams, micro_batch=plan.micro_batch)
 
     def check_resume(saved: dict) -> None:
-        check_resume_compat(saved, spec, env.world_size, streams, cfg.data.allow_data_change)
+        check_resume_compat(saved, spec, cfg.data.allow_data_change)
 
     run = start_run(
         cfg, env, run_dir, plan, device, model, cfg.max_steps, state, group=group, desc="pretrain",
-        check_resume=check_resume,
+        check_resume=check_resume, lock=lock,
     )  # fmt: skip
     state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
+    if run.resumed_from and not state.micro_batch:  # a checkpoint from before micro_batch was recorded
+        state.micro_batch = plan_batch(cfg.global_batch_size, state.world_size, cfg.engine).micro_batch
+    note_layout(state, env.world_size, streams, plan.micro_batch)  # another layout mid-epoch: re-split the rest
     engine, metrics = run.engine, run.metrics
     cont = D.continuation_table(spec.tokenizer_dir, spec.vocab_size) if cfg.data.whole_word_masking else None
     masker = D.Masker(
@@ -263,6 +258,14 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             if stop_now:
                 result.stopped_by_signal = stop_signal
                 break
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        raise PeerLost(
+            f"rank {env.rank}/{env.world_size}: another rank of this job died during step {state.step + 1} "
+            f"({str(e).splitlines()[0][-160:]}). The launcher's log names it. Run the same command again to resume "
+            f"from {run.ckpt.root / (run.ckpt.latest() or '(no checkpoint yet)')}."
+        ) from e
     finally:  # stop the loader workers (they ignore TERM, see data.py) and give the signals back
         batches.close()
         run.close()
