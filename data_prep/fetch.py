@@ -20,6 +20,7 @@ counts, split sizes and label balance. Without the registry the error names the 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -137,6 +138,17 @@ def decontaminate(docs: list[str], banned: set[int]) -> tuple[list[str], int]:
 # ---------------------------------------------------------------- one set
 
 
+@functools.cache
+def sentiment_ngrams(cache: Path) -> frozenset[int]:
+    """The 13-grams of every MR and Rotten Tomatoes sentence (read once per process)."""
+    banned: set[int] = set()
+    for other in SENTIMENT_SETS:
+        rows, _ = _read(SETS[other], cache)
+        for text, _label in rows:
+            banned |= ngrams(text)
+    return frozenset(banned)
+
+
 def _read(s: RealSet, cache: Path) -> tuple[object, dict]:
     whl = archive(s, cache)
     with zipfile.ZipFile(whl) as zf:
@@ -185,12 +197,7 @@ def fetch_one(name: str, out: Path, cache: Path = DEFAULT_CACHE, force: bool = F
     dest.mkdir(parents=True, exist_ok=True)
     rec = {"name": name, "kind": s.kind, "about": s.about, "format_version": FORMAT_VERSION, "source": source}
     if s.kind == "text":
-        banned: set[int] = set()
-        for other in SENTIMENT_SETS:
-            rows, _ = _read(SETS[other], cache)
-            for text, _label in rows:
-                banned |= ngrams(text)
-        docs, dropped = decontaminate(data, banned)
+        docs, dropped = decontaminate(data, sentiment_ngrams(cache))
         with open(dest / "documents.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
         rec |= {
