@@ -5,9 +5,11 @@
 Pretraining sweeps: one row per job (its overrides, final step, validation metrics from summary.json).
 Finetuning sweeps (results.json): per task, the median, stdev, min and max of the main validation metric over
 seeds at the best learning rate (by median), the median task score (the mean of the task's metrics, as GLUE
-scores MRPC, QQP and STS-B), then the GLUE-style average of the tasks' scores. Jobs without results (failed,
-still running, or never started) are named on stderr with their logs, and the exit code is 1 unless
-``--allow-missing``.
+scores MRPC, QQP and STS-B), then the GLUE-style average of the tasks' scores. A sweep over
+``model.random_init=false,true`` (the downstream suite, conf/task/README.md) gets the suite table instead (suite.md,
+suite.csv): per task the metric's median and stdev over seeds, pretrained vs random init, the difference, and the
+average. Jobs without results (failed, still running, or never started) are named on stderr with their logs, and the
+exit code is 1 unless ``--allow-missing``.
 """
 
 from __future__ import annotations
@@ -115,6 +117,39 @@ def finetune_rows(sweep: Path) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def suite_rows(results: list[dict]) -> tuple[list[str], list[list]] | None:
+    """The downstream suite, pretrained vs baseline (random init): per task, the main metric's median over seeds and
+    its spread (stdev) for each, the difference of the medians, and the seeds' count; then the average over tasks.
+    None unless the sweep ran both ``model.random_init=false`` and ``true``. Several learning rates: each side at its
+    best lr by median, as the finetune table picks it."""
+    runs: dict[tuple[str, bool], dict[float, list[float]]] = {}
+    metric_name: dict[str, str] = {}
+    for r in results:
+        main = _num(r["validation"].get(r["main_metric"]))
+        if main is None:
+            continue
+        key = (r["task"], bool(r.get("source", {}).get("random_init")))
+        runs.setdefault(key, {}).setdefault(float(r["hyperparameters"]["lr"]), []).append(main)
+        metric_name[r["task"]] = r["main_metric"]
+    if {ri for _, ri in runs} != {False, True}:
+        return None
+    best = {k: max(sorted(v.items()), key=lambda kv: statistics.median(kv[1]))[1] for k, v in runs.items()}
+    header = ["task", "metric", "seeds", "pretrained", "pretrained_sd", "random_init", "random_init_sd", "difference"]
+    rows = []
+    for task in sorted(metric_name):
+        pre, rnd = best.get((task, False), []), best.get((task, True), [])
+        if not pre or not rnd:
+            continue
+        mp, mr = statistics.median(pre), statistics.median(rnd)
+        sp = statistics.stdev(pre) if len(pre) > 1 else 0.0
+        sr = statistics.stdev(rnd) if len(rnd) > 1 else 0.0
+        rows.append([task, metric_name[task], f"{len(pre)}/{len(rnd)}", mp, sp, mr, sr, mp - mr])
+    if rows:
+        avg = [statistics.mean(r[i] for r in rows) for i in (3, 5)]
+        rows.append(["average", "", "", avg[0], "", avg[1], "", avg[0] - avg[1]])
+    return header, rows
+
+
 def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"  # learning rates stay readable: 2e-05, not 0.0000
@@ -143,6 +178,12 @@ def collect(sweep: str | Path) -> str:
         raise FileNotFoundError(f"{sweep}: no sweep jobs found (folders with .hydra/overrides.yaml)")
     if is_finetune(sweep):
         header, rows = finetune_rows(sweep)
+        results = [
+            json.loads((j / "results.json").read_text()) for j in job_dirs(sweep) if (j / "results.json").is_file()
+        ]
+        suite = suite_rows(results)
+        if suite:  # pretrained vs random init: the per-task table would mix the two, so the suite's table replaces it
+            return write_tables(sweep, *suite, stem="suite")
     else:
         header, rows = pretrain_rows(sweep)
     return write_tables(sweep, header, rows)
@@ -163,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = Path(args.sweep_dir)
     bad = problems(sweep, "results.json" if is_finetune(sweep) else "summary.json")
     print(table, end="")
-    print(f"written: {Path(args.sweep_dir) / 'sweep.md'} and sweep.csv")
+    stem = "suite" if (sweep / "suite.md").is_file() else "sweep"
+    print(f"written: {sweep / stem}.md and {stem}.csv")
     for line in bad:
         print(line, file=sys.stderr)
     if bad and not args.allow_missing:

@@ -1,128 +1,101 @@
-"""The whole pipeline in one command: raw corpus -> shards -> pretrained BERT -> Hugging Face export -> finetuned
-classifier compared with the same model finetuned from random weights -> reports.
+"""The main job in one command: real corpora -> shards -> pretrained BERT -> Hugging Face export -> the downstream
+task(s) finetuned from it and from random weights over seeds -> the difference with a confidence interval -> reports.
 
-    python -m launch.demo [out=checkpoints/demo] [nproc=2] [seeds=1,2,3] [corpus=PATH]
+    python -m launch.demo [profile=cpu|quality|gpu] [out=checkpoints/demo] [nproc=2] [seeds=1,2,3]
+                          [text=wikitext2,news,wiki_leads] [tasks=rotten_tomatoes] [corpus=PATH] [cache=DIR]
                           [prep:KEY=VALUE ...] [pretrain:KEY=VALUE ...] [finetune:KEY=VALUE ...]
 
-Defaults (the embedded corpus): the English Wikipedia dump and the Pang-Lee polarity sentences that gensim's wheel
-ships; bert-mini, 2 processes with ZeRO-2 on the CPU (``engine=gpu`` when CUDA is there). ``stage:KEY=VALUE`` is a
-Hydra override passed to that stage (``pretrain:model=bert-base pretrain:max_steps=100000 prep:input=/data/*.bz2``),
-so the same command scales up. Every stage's config is composed first, so a typo fails before any work. Each stage
-is skipped when its output is already complete, so a rerun resumes. Slurm: run the stages with launch.submit or
-``-m hydra/launcher=slurm`` (README).
+Data (data_prep.fetch, from package-registry archives, cached in ~/.cache/bertrun): WikiText-2, 3,824 news
+articles and 10,033 Wikipedia article leads for pretraining (5.3M words, cleaned of the sentiment sets' sentences),
+and the suite's labelled sets (conf/task/README.md); ``corpus=PATH`` pretrains on your own text instead. Profiles
+(launch/demo_profiles.py): ``cpu`` (default, 2 cores, about 15 minutes after the downloads), ``quality`` (the CPU
+budget the recipe search says is needed, hours), ``gpu`` (one GPU, the whole suite, self-checked targets).
+``stage:KEY=VALUE`` is a Hydra override passed to that stage (``pretrain:model=bert-base``), so the same command
+scales up. Every stage's config is composed first, so a typo fails before any work. Each long stage shows its
+progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its
+output is already complete, so a rerun resumes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
+import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
+from launch.demo_profiles import PROFILES
+from launch.demo_summary import headline
+
 ROOT = Path(__file__).resolve().parents[1]
-
-PREP = ["seq_len=128", "tokenizer.vocab_size=8192", "shard_mb=0.25", "val_fraction=0.02", "progress=false"]
-PRETRAIN = [
-    "model=bert-mini",
-    "engine.zero_stage=2",
-    "global_batch_size=32",
-    "max_steps=400",
-    "optim.lr=1e-3",
-    "optim.warmup_steps=40",
-    "logger.every_steps=10",
-    "eval.every_steps=100",
-    "checkpoint.every_steps=100",
-    "logger.progress=false",
-]
-FINETUNE = [
-    "task=custom_classification",
-    "task.text_columns=[text]",
-    "task.label_column=label",
-    "epochs=15",
-    "global_batch_size=16",
-    "optim.lr=1e-3",
-    "logger.progress=false",
-]
-
-
-def gensim_data(name: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gensim")
-    if spec is None:
-        raise SystemExit("the demo corpus comes with gensim: pip install -e '.[demo]' (or give corpus=PATH)")
-    return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
+OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache")
 
 
 def parse(argv: list[str]) -> dict:
-    opts = {
-        "out": "checkpoints/demo",
-        "nproc": "2",
-        "seeds": "1,2,3",
-        "corpus": None,
-        "prep": [],
-        "pretrain": [],
-        "finetune": [],
-    }
+    opts: dict = {k: None for k in OPTIONS} | {"prep": [], "pretrain": [], "finetune": []}
     for arg in argv:
         stage, sep, override = arg.partition(":")
         if sep and stage in ("prep", "pretrain", "finetune") and "=" in override:
             opts[stage].append(override)
             continue
         key, eq, value = arg.partition("=")
-        if not eq or key not in opts or key in ("prep", "pretrain", "finetune"):
+        if not eq or key not in OPTIONS:
             raise SystemExit(
-                f"unknown argument {arg!r}: expected out=, nproc=, seeds=, corpus= or "
-                f"prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo --help)"
+                f"unknown argument {arg!r}: expected {'=, '.join(OPTIONS)}= or prep:/pretrain:/finetune:KEY=VALUE "
+                f"(see python -m launch.demo --help)"
             )
         opts[key] = value
+    name = opts["profile"] or "cpu"
+    if name not in PROFILES:
+        raise SystemExit(f"profile={name}: expected one of {', '.join(PROFILES)} (launch/demo_profiles.py)")
+    prof = PROFILES[name]
+    opts["profile"] = prof
+    opts["out"] = opts["out"] or "checkpoints/demo"
+    opts["nproc"] = int(opts["nproc"] or prof.nproc)
+    opts["seeds"] = [s for s in (opts["seeds"] or "1,2,3").split(",") if s]
+    opts["text"] = [t for t in (opts["text"] or ",".join(prof.text)).split(",") if t]
+    opts["tasks"] = [t for t in (opts["tasks"] or ",".join(prof.tasks)).split(",") if t]
     return opts
 
 
-def polarity_csvs(out: Path) -> tuple[Path, Path]:
-    """gensim's 200 Pang-Lee sentences ('__label__pos text') as train/validation CSVs (a fixed 75/25 split)."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    # The file is Windows-1252 (an em dash is byte 0x97), as the original Pang-Lee release.
-    for line in gensim_data("pang_lee_polarity.cor").read_text(encoding="cp1252", errors="replace").splitlines():
-        label, _, text = line.partition(" ")
-        if label.startswith("__label__") and text.strip():
-            rows.append({"text": text.strip(), "label": label.removeprefix("__label__")})
-    splits = {"train": [], "validation": []}
-    for r in rows:
-        splits["validation" if zlib.crc32(r["text"].encode()) % 4 == 0 else "train"].append(r)
-    paths = []
-    for name, items in splits.items():
-        path = out / f"{name}.csv"
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "label"])
-            w.writeheader()
-            w.writerows(items)
-        paths.append(path)
-    return paths[0], paths[1]
+# tqdm's "n/total [elapsed<remaining, rate" (with the loss as a postfix): the part of a stage's output worth showing.
+PROGRESS = re.compile(rb"\d+/\d+ \[\d")
 
 
-def run(title: str, cmd: list[str], log: Path) -> float:
+def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) -> float:
+    """Run a stage with its full output in ``log`` and its progress bar mirrored on the console: redrawn in place
+    on a terminal, one line every 20 s otherwise (CI logs)."""
     print(f"\n== {title}\n   {shlex.join(cmd)}\n   log: {log}", flush=True)
+    tty, every = sys.stdout.isatty(), (0.5 if sys.stdout.isatty() else 20.0)
     t = time.perf_counter()
-    with open(log, "w") as f:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    shown, last, tail = 0.0, b"", b""
+    with open(log, "wb") as f:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        while chunk := p.stdout.read1(1 << 16):
+            f.write(chunk)
+            tail = (tail + chunk)[-8192:]
+            bars = [b for b in re.split(rb"[\r\n]", tail) if PROGRESS.search(b) and not b.startswith(b"Loading")]
+            if bars and bars[-1] != last and time.monotonic() - shown >= every:
+                last, shown = bars[-1], time.monotonic()
+                line = last.decode("utf-8", "replace").strip()[:160]
+                print(f"\r   {line}\033[K" if tty else f"   {line}", end="" if tty else "\n", flush=True)
+        rc = p.wait()
     dt = time.perf_counter() - t
-    if p.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise SystemExit(f"{title} failed (exit {p.returncode}) after {dt:.0f}s; last lines of {log}:\n{tail}")
+    if tty and shown:
+        print()
+    if rc:
+        lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+        tail_text = "\n".join(ln for ln in lines[-40:] if not PROGRESS.search(ln.encode()))
+        raise SystemExit(f"{title} failed (exit {rc}) after {dt:.0f}s; last lines of {log}:\n{tail_text}")
     print(f"   done in {dt:.0f}s", flush=True)
     return dt
 
 
-def check_configs(prep: list[str], pretrain: list[str], finetune: list[str]) -> None:
+def check_configs(prep: list[str], pretrain: list[str], finetunes: list[list[str]]) -> None:
     """Compose every stage's config before any work: a misspelt key or preset fails here."""
     from hydra import compose, initialize_config_dir
 
@@ -131,11 +104,29 @@ def check_configs(prep: list[str], pretrain: list[str], finetune: list[str]) -> 
     import pipeline.pretrain.config  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name, overrides in (("data_prep", prep), ("pretrain", pretrain), ("finetune", finetune)):
+        for name, overrides in (("data_prep", prep), ("pretrain", pretrain), *(("finetune", f) for f in finetunes)):
             try:
                 compose(config_name=name, overrides=overrides)
             except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
                 raise SystemExit(f"bad {name} override: {e}") from e
+
+
+def fetch_data(opts: dict, real: Path) -> list[str]:
+    """The pretraining inputs and the labelled sets, from the registry's archives (cached): before any long work."""
+    from data_prep.fetch import DEFAULT_CACHE, FetchError, describe, fetch_one
+
+    cache = Path(opts["cache"]).expanduser() if opts["cache"] else DEFAULT_CACHE
+    names = ([] if opts["corpus"] else opts["text"]) + opts["tasks"]
+    print(f"== data: {', '.join(names)} (package-registry archives, cached in {cache})", flush=True)
+    try:
+        recs = {n: fetch_one(n, real, cache) for n in names}
+    except FetchError as e:
+        raise SystemExit(f"error: {e}") from e
+    for rec in recs.values():
+        print(f"   {describe(rec)}", flush=True)
+    if opts["corpus"]:
+        return [opts["corpus"]]
+    return [str(real / n / "documents.jsonl") for n in opts["text"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,36 +135,36 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     o = parse(argv)
-    out = Path(o["out"]).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    nproc = int(o["nproc"])
-    seeds = [s for s in str(o["seeds"]).split(",") if s]
+    prof = o["profile"]
     import torch
 
-    engine = "engine=gpu" if torch.cuda.is_available() else "engine=cpu"
-    corpus = o["corpus"] or str(gensim_data("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"))
+    if prof.needs_gpu and not torch.cuda.is_available():
+        raise SystemExit(f"profile={prof.name} needs a CUDA GPU and torch sees none here; use profile=cpu or quality")
+    out = Path(o["out"]).resolve()
+    logs, real = out / "logs", out / "real"
+    logs.mkdir(parents=True, exist_ok=True)
+    nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
     data, pre, hf, ft = out / "data", out / "pretrain", out / "hf", out / "finetune"
-    train_csv, val_csv = polarity_csvs(out / "polarity")
-    prep_args = [f"input={corpus}", f"output={data}", *PREP, *o["prep"]]
-    pre_args = [f"data.path={data}", f"run_dir={pre}", engine, *PRETRAIN, *o["pretrain"]]
-    ft_args = [
-        f"task.data_files.train={train_csv}",
-        f"task.data_files.validation={val_csv}",
-        f"model.path={hf}",
-        engine,
-        *FINETUNE,
-        *o["finetune"],
-    ]
-    check_configs(prep_args, pre_args, ft_args)
+    # The profile's own engine preset wins; otherwise the one this machine can run.
+    engine = (
+        []
+        if any(a.startswith("engine=") for a in prof.pretrain)
+        else ["engine=gpu" if torch.cuda.is_available() else "engine=cpu"]
+    )
+    prep_args = [f"output={data}", *prof.prep, *o["prep"]]
+    pre_args = [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *o["pretrain"]]
+    ft_args = [f"model.path={hf}", *engine, *prof.finetune, *o["finetune"]]
+    check_configs(["input=x", *prep_args], pre_args, [[f"task={t}", *ft_args] for t in tasks])
+    t_fetch = time.perf_counter()
+    inputs = fetch_data(o, real)
+    timings = {"fetch": time.perf_counter() - t_fetch}
     t0 = time.perf_counter()
-    timings = {}
+    real_env = {"BERTRUN_REAL_DATA": str(real)}
 
     if not (data / "manifest.json").is_file():
         timings["data_prep"] = run(
             "data_prep: corpus -> tokenizer -> NSP shards",
-            [sys.executable, "-m", "data_prep", *prep_args],
+            [sys.executable, "-m", "data_prep", f"input=[{','.join(inputs)}]", *prep_args],
             logs / "data_prep.log",
         )
     launcher = (
@@ -193,61 +184,35 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "pipeline.export", f"run_dir={pre}", f"output={hf}"],
         logs / "export.log",
     )
-    if not (ft / "multirun.yaml").is_file() or len(list(ft.glob("*/results.json"))) < 2 * len(seeds):
+    if not (ft / "multirun.yaml").is_file() or len(list(ft.glob("*/results.json"))) < 2 * len(seeds) * len(tasks):
         timings["finetune"] = run(
-            f"finetune: polarity, pretrained vs random init, seeds {','.join(seeds)}",
+            f"finetune: {','.join(tasks)}, pretrained vs random init, seeds {','.join(seeds)}",
             [
                 sys.executable,
                 "-m",
                 "pipeline.finetune",
                 "-m",
                 *ft_args,
+                f"task={','.join(tasks)}",
                 "model.random_init=false,true",
                 f"seed={','.join(seeds)}",
                 f"hydra.sweep.dir={ft}",
             ],
             logs / "finetune.log",
+            real_env,
         )
-    reports = [pre, ft]
     run(
         "reports",
         [
             sys.executable,
             "-c",
             "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
-            *map(str, reports),
+            str(pre),
+            str(ft),
         ],
         logs / "report.log",
     )
-    return headline(out, pre, hf, ft, timings, time.perf_counter() - t0)
-
-
-def headline(out: Path, pre: Path, hf: Path, ft: Path, timings: dict, total: float) -> int:
-    summary = json.loads((pre / "summary.json").read_text())
-    manifest = json.loads((out / "data" / "manifest.json").read_text())
-    scores: dict[bool, list[float]] = {False: [], True: []}
-    for res_file in ft.glob("*/results.json"):
-        res = json.loads(res_file.read_text())
-        scores[bool(res["source"].get("random_init"))].append(res["validation"]["accuracy"])
-    med = {k: statistics.median(v) if v else float("nan") for k, v in scores.items()}
-    lines = [
-        "# Demo results",
-        "",
-        f"- data: {manifest['documents']['used']} documents -> {manifest['splits']['train']['samples']} train / "
-        f"{manifest['splits'].get('val', {}).get('samples', 0)} val instances in {len(manifest['shards'])} shards: "
-        f"`{out / 'data'}`",
-        f"- pretraining: {summary['step']} steps, {summary['tokens']:,} tokens; validation MLM accuracy "
-        f"{summary.get('val_mlm_acc', float('nan')):.3f}, NSP accuracy {summary.get('val_nsp_acc', float('nan')):.3f}, "
-        f"loss {summary.get('val_loss', float('nan')):.3f}: `{pre}` (report: `{pre / 'report' / 'report.md'}`)",
-        f"- Hugging Face export: `{hf}`",
-        f"- polarity accuracy (validation, median of {len(scores[False])} seeds): pretrained **{med[False]:.3f}** vs "
-        f"random init **{med[True]:.3f}** (seeds: {sorted(scores[False])} vs {sorted(scores[True])}): `{ft}`",
-        f"- time: {total:.0f}s in all ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})",
-    ]
-    text = "\n".join(lines) + "\n"
-    (out / "demo_summary.md").write_text(text)
-    print("\n" + text + f"\n(written to {out / 'demo_summary.md'})")
-    return 0
+    return headline(out, pre, hf, ft, prof, timings, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

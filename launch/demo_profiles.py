@@ -1,0 +1,106 @@
+"""The main job's profiles: the stages' overrides for each budget (``python -m launch.demo profile=NAME``).
+
+- ``cpu`` (default): 2 cores, about 15 minutes after the downloads. What it can show is measured in bench/README.md
+  (recipe search): the pretrained model leaves the frequent-token plateau, but a downstream gain needs more compute.
+- ``quality``: the same on the CPU, pretraining 8x longer (hours on 2 cores, see bench/README.md for the rate);
+  the budget the recipe search says is needed before fine-tuning can profit. Not run end to end here.
+- ``gpu``: one H200-class GPU, at most 12 minutes: bert-small on the full real corpus, then the whole suite,
+  pretrained vs random init over 3 seeds, and a self-check of the targets (every task and the average won by at
+  least 5 points, each margin more than 3x its seed spread). Ready, not measured: no GPU was at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUITE = ("mr", "rotten_tomatoes", "trec", "sms_spam", "disaster_tweets", "wnut16")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    prep: list[str]
+    pretrain: list[str]
+    finetune: list[str]
+    tasks: tuple[str, ...] = ("rotten_tomatoes",)
+    text: tuple[str, ...] = ("wikitext2", "news", "wiki_leads")
+    nproc: int = 2
+    needs_gpu: bool = False
+    budget_s: float | None = None  # the wall time the profile promises (checked at the end)
+    targets: dict = field(default_factory=dict)  # the self-check (gpu): min_margin, min_margin_over_sd
+
+
+_PREP = ["tokenizer.vocab_size=8192", "shard_mb=2", "val_fraction=0.02", "progress=true"]
+_LOG = ["logger.every_steps=20", "logger.progress=true"]
+
+CPU = Profile(
+    "cpu",
+    prep=["seq_len=128", *_PREP],
+    pretrain=[
+        "model=bert-mini",
+        "engine.zero_stage=2",
+        "engine.precision=bf16",
+        "global_batch_size=64",
+        "max_steps=1200",
+        "optim.lr=2e-3",
+        "optim.warmup_steps=60",
+        "optim.schedule=linear",
+        "eval.every_steps=300",
+        "checkpoint.every_steps=300",
+        *_LOG,
+    ],
+    finetune=[
+        "epochs=2",
+        "global_batch_size=32",
+        "optim.lr=3e-4",
+        "task.max_seq_len=64",
+        "eval.batch_size=256",
+        "logger.progress=true",
+    ],
+    budget_s=15 * 60,
+)
+
+QUALITY = Profile(
+    "quality",
+    prep=CPU.prep,
+    pretrain=[
+        *(o for o in CPU.pretrain if not o.startswith(("max_steps=", "eval.every", "checkpoint.every"))),
+        "max_steps=10000",
+        "eval.every_steps=1000",
+        "checkpoint.every_steps=500",
+    ],
+    finetune=CPU.finetune,
+)
+
+GPU = Profile(
+    "gpu",
+    prep=["seq_len=128", "tokenizer.vocab_size=16384", "shard_mb=4", "val_fraction=0.01", "progress=true"],
+    pretrain=[
+        "model=bert-small",
+        "engine=gpu",
+        "engine.precision=bf16",
+        "global_batch_size=256",
+        "max_steps=3000",
+        "optim.lr=1e-3",
+        "optim.warmup_steps=150",
+        "eval.every_steps=1000",
+        "checkpoint.every_steps=1000",
+        *_LOG,
+    ],
+    finetune=[
+        "engine=gpu",
+        "epochs=3",
+        "global_batch_size=32",
+        "optim.lr=1e-4",
+        "task.max_seq_len=64",
+        "eval.batch_size=512",
+        "logger.progress=true",
+    ],
+    tasks=SUITE,
+    nproc=1,
+    needs_gpu=True,
+    budget_s=12 * 60,
+    targets={"min_margin": 0.05, "min_margin_over_sd": 3.0},
+)
+
+PROFILES = {p.name: p for p in (CPU, QUALITY, GPU)}

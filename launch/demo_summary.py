@@ -1,0 +1,149 @@
+"""The main job's headline: what pretraining bought on each task (pretrained vs random init over seeds), with a 95%
+confidence interval on the difference, worded by what the numbers show; the GPU profile's self-check.
+
+Written to OUT/demo_summary.md (for people) and OUT/demo_results.json (for scripts and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from data_prep.format import decode_ids
+
+
+def welch_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its Welch t confidence interval over the seeds (nan bounds with fewer than 2 each)."""
+    diff = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, df)) * se
+    return diff, diff - half, diff + half
+
+
+def verdict(task: str, metric: str, diff: float, lo: float, hi: float, n: int) -> str:
+    pts = f"{100 * diff:+.1f} points of {metric}"
+    ci = f"95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] over {n} seeds"
+    if lo > 0:
+        return f"pretraining helps on {task}: {pts} ({ci})"
+    if hi < 0:
+        return f"random init does better on {task}: {pts} ({ci}); at this budget pretraining has not paid off"
+    if math.isnan(lo):
+        return f"{task}: {pts} (one seed per side: no confidence interval; run seeds=1,2,3)"
+    return f"no measurable difference on {task} at this budget: {pts} ({ci} includes 0)"
+
+
+def unigram_level(data: Path) -> float | None:
+    """Validation MLM accuracy of always predicting the most frequent token: the plateau a model must leave."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    special = set(manifest["tokenizer"]["special_ids"].values())
+    counts: Counter = Counter()
+    for shard in sorted(data.glob("val-*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".input_ids.npy"):
+                    ids = decode_ids(tar.extractfile(m).read())
+                    counts.update(int(i) for i in ids if int(i) not in special)
+    total = sum(counts.values())
+    return counts.most_common(1)[0][1] / total if total else None
+
+
+def task_results(ft: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for f in sorted(ft.glob("*/results.json")):
+        r = json.loads(f.read_text())
+        t = out.setdefault(r["task"], {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0})
+        side = "random_init" if r["source"].get("random_init") else "pretrained"
+        t[side].append(r["validation"][r["main_metric"]])
+        t["n_val"] = r["validation_examples"]
+    for t in out.values():
+        for side in ("pretrained", "random_init"):
+            v = t[side]
+            t[f"{side}_median"] = statistics.median(v) if v else math.nan
+            t[f"{side}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+        if t["pretrained"] and t["random_init"]:
+            t["difference"], t["ci_low"], t["ci_high"] = welch_ci(t["pretrained"], t["random_init"])
+    return out
+
+
+def self_check(tasks: dict[str, dict], targets: dict, total_s: float, budget_s: float | None) -> list[tuple[str, bool]]:
+    """The GPU profile's targets: each task and the average won by min_margin, each margin over min_margin_over_sd
+    times the larger seed stdev of the two sides; and the wall time within the budget."""
+    checks = []
+    m, k = targets["min_margin"], targets["min_margin_over_sd"]
+    for name, t in tasks.items():
+        d, sd = t.get("difference", math.nan), max(t["pretrained_sd"], t["random_init_sd"])
+        checks.append(
+            (
+                f"{name}: margin {100 * d:+.1f} >= {100 * m:.0f} points and > {k:g} x seed sd {100 * sd:.1f}",
+                d >= m and d > k * sd,
+            )
+        )
+    avg = statistics.mean(t.get("difference", math.nan) for t in tasks.values()) if tasks else math.nan
+    checks.append((f"average: margin {100 * avg:+.1f} >= {100 * m:.0f} points", avg >= m))
+    if budget_s:
+        checks.append((f"wall time {total_s / 60:.1f} min <= {budget_s / 60:.0f} min", total_s <= budget_s))
+    return checks
+
+
+def headline(out: Path, pre: Path, hf: Path, ft: Path, profile, timings: dict, total: float) -> int:
+    summary = json.loads((pre / "summary.json").read_text())
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    unigram = unigram_level(out / "data")
+    tasks = task_results(ft)
+    mlm, nsp = summary.get("val_mlm_acc", math.nan), summary.get("val_nsp_acc", math.nan)
+    lines = [
+        f"# Main job results (profile={profile.name})",
+        "",
+        f"- data: {manifest['documents']['used']:,} documents -> {manifest['splits']['train']['tokens']:,} train "
+        f"tokens in {manifest['splits']['train']['samples']:,} instances: `{out / 'data'}`",
+        f"- pretraining: {summary['step']} steps, {summary['tokens']:,} tokens; validation MLM accuracy {mlm:.3f} "
+        f"(always predicting the most frequent token: {unigram:.3f}), NSP accuracy {nsp:.3f} (chance 0.5), "
+        f"loss {summary.get('val_loss', math.nan):.3f}: `{pre}` (report: `{pre / 'report' / 'report.md'}`)",
+        f"- Hugging Face export: `{hf}`",
+        "",
+        "| task | metric | val. examples | pretrained, median ± sd | random init, median ± sd | difference, 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for name, t in tasks.items():
+        lines.append(
+            f"| {name} | {t['metric']} | {t['n_val']:,} | {t['pretrained_median']:.3f} ± {t['pretrained_sd']:.3f} | "
+            f"{t['random_init_median']:.3f} ± {t['random_init_sd']:.3f} | {100 * t.get('difference', math.nan):+.1f} "
+            f"[{100 * t.get('ci_low', math.nan):+.1f}, {100 * t.get('ci_high', math.nan):+.1f}] points |"
+        )
+        if "difference" in t:
+            n = min(len(t["pretrained"]), len(t["random_init"]))
+            verdicts.append(verdict(name, t["metric"], t["difference"], t["ci_low"], t["ci_high"], n))
+    lines += ["", *(f"**{v}**" for v in verdicts), ""]
+    lines.append(f"- time: {total:.0f}s after the downloads ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    checks = self_check(tasks, profile.targets, total, profile.budget_s) if profile.targets else []
+    if checks:
+        lines += ["", "Self-check of the profile's targets:"]
+        lines += [f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks]
+    text = "\n".join(lines) + "\n"
+    (out / "demo_summary.md").write_text(text)
+    results = {
+        "profile": profile.name,
+        "pretrain": {k: summary.get(k) for k in ("step", "tokens", "val_mlm_acc", "val_nsp_acc", "val_loss")},
+        "unigram_mlm_acc": unigram,
+        "tasks": tasks,
+        "verdicts": verdicts,
+        "timings_s": timings,
+        "total_s": total,
+        "checks": [{"check": w, "pass": ok} for w, ok in checks],
+    }
+    (out / "demo_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + text + f"\n(written to {out / 'demo_summary.md'} and demo_results.json)")
+    return 0 if all(ok for _, ok in checks) else 1
