@@ -115,7 +115,10 @@ def test_resume_on_another_world_size_continues_the_run(epoch_data, tmp_path, ze
         # Every sample of the epoch exactly once over both segments.
         seen = _epoch_samples(log)
         assert len(seen) == 288 and max(seen.values()) == 1
-        # The loss continues near the uninterrupted curve (other sample order: close, not equal).
+        # The loss continues near the uninterrupted curve (another sample order: close, not equal). At this size the
+        # tiny model learns little in 24 steps, so this guards against a blow-up more than it proves continuity;
+        # step, tokens and LR above are the exact checks.
         ref_tail = [r["loss"] for r in read_metrics(ref) if "loss" in r and r["step"] > 19]
         tail = [r["loss"] for r in read_metrics(run) if "loss" in r and r["step"] > 19]
         assert abs(sum(tail) / 5 - sum(ref_tail) / 5) < 0.1 * sum(ref_tail) / 5, (tail, ref_tail)
+        assert read_metrics(run)[-1]["val_loss"] == pytest.approx(read_metrics(ref)[-1]["val_loss"], abs=0.1)
