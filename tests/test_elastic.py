@@ -122,3 +122,26 @@ def test_resume_on_another_world_size_continues_the_run(epoch_data, tmp_path, ze
         tail = [r["loss"] for r in read_metrics(run) if "loss" in r and r["step"] > 19]
         assert abs(sum(tail) / 5 - sum(ref_tail) / 5) < 0.1 * sum(ref_tail) / 5, (tail, ref_tail)
         assert read_metrics(run)[-1]["val_loss"] == pytest.approx(read_metrics(ref)[-1]["val_loss"], abs=0.1)
+
+
+def test_a_failed_conversion_leaves_the_checkpoint_untouched(epoch_data, tmp_path):
+    import hashlib
+
+    run = tmp_path / "run"
+    _train(epoch_data, run, 2, "engine.zero_stage=1", "stop_after_steps=2")
+    ckpt = run / "checkpoints" / "step_00000002"
+    victim = ckpt / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    victim.write_bytes(victim.read_bytes()[:1000])  # damaged: the converter cannot read it
+
+    def digest() -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(ckpt.iterdir())}
+
+    before = digest()
+    p = run_module(
+        "pipeline.pretrain",
+        [f"data.path={epoch_data}", f"run_dir={run}", *TINY, "global_batch_size=12", "engine.zero_stage=1"],
+        check=False,
+    )
+    assert p.returncode != 0
+    assert "converting" in p.stderr and "failed" in p.stderr and "the checkpoint is untouched" in p.stderr
+    assert digest() == before  # no universal/, no temporary folder, no pointer, every file as it was
