@@ -104,6 +104,14 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
             "slurm_constraint": args.constraint,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
+        # A requeued job may be given fewer or more nodes (scontrol update NumNodes=...), but the batch script keeps
+        # the task count of its first submission in its environment, and srun would start that many tasks on what is
+        # left. Derive it from the allocation the script actually runs in; the trainer resumes on any world size.
+        k = args.tasks_per_node
+        params["slurm_setup"] = [
+            f"export SLURM_NNODES=$SLURM_JOB_NUM_NODES SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * {k}))",
+            "export SLURM_NPROCS=$SLURM_NTASKS",
+        ]
         if extra:
             params["slurm_additional_parameters"] = extra
         executor.update_parameters(**params)

@@ -88,9 +88,17 @@ def _epoch_samples(log_base: Path) -> Counter:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero, base_ranks, resume_ranks", [(1, 2, (1, 3)), (3, 2, (1, 3)), (2, 1, (2,))])
-def test_resume_on_another_world_size_continues_the_run(epoch_data, tmp_path, zero, base_ranks, resume_ranks):
-    stage = [f"engine.zero_stage={zero}"]
+@pytest.mark.parametrize(
+    "zero, precision, base_ranks, resume_ranks",
+    [(1, "fp32", 2, (1, 3)), (3, "fp32", 2, (1, 3)), (2, "fp32", 1, (2,)), (0, "fp32", 2, (1,)), (2, "bf16", 2, (1,))],
+)
+def test_resume_on_another_world_size_continues_the_run(
+    epoch_data, tmp_path, zero, precision, base_ranks, resume_ranks
+):
+    stage = [f"engine.zero_stage={zero}", f"engine.precision={precision}"]
+    # Optimizer state partitioned per rank (ZeRO 1-3; bf16's optimizer at any stage) needs the universal form;
+    # ZeRO-0 fp32 keeps it whole in the model file, which every rank loads as it is.
+    partitioned = zero > 0 or precision == "bf16"
     ref = tmp_path / "ref"
     _train(epoch_data, ref, 2, *stage)
     ref_last = read_metrics(ref)[-2]  # the last train record (the val record follows)
@@ -105,8 +113,9 @@ def test_resume_on_another_world_size_continues_the_run(epoch_data, tmp_path, ze
             shutil.copy(f, log.with_name(f"{log.name}.{f.name.split('.')[-1]}-base"))
         p = _train(epoch_data, run, n, *stage, env={"BERTRUN_SAMPLE_LOG": str(log)})
         out = p.stdout + p.stderr
-        assert "converted step_00000010 to a universal checkpoint" in out and "re-split" in out, out[-3000:]
-        assert (run / "checkpoints" / "step_00000010" / "universal" / "COMPLETE").is_file()  # cached
+        assert "re-split" in out, out[-3000:]
+        converted = (run / "checkpoints" / "step_00000010" / "universal" / "COMPLETE").is_file()  # cached
+        assert converted == partitioned == ("converted step_00000010 to a universal checkpoint" in out), out[-3000:]
         last = read_metrics(run)[-2]
         assert last["step"] == ref_last["step"] == 24
         assert last["tokens"] == ref_last["tokens"]  # the whole epoch, whatever the order
@@ -115,7 +124,33 @@ def test_resume_on_another_world_size_continues_the_run(epoch_data, tmp_path, ze
         # Every sample of the epoch exactly once over both segments.
         seen = _epoch_samples(log)
         assert len(seen) == 288 and max(seen.values()) == 1
-        # The loss continues near the uninterrupted curve (other sample order: close, not equal).
+        # The loss continues near the uninterrupted curve (another sample order: close, not equal). At this size the
+        # tiny model learns little in 24 steps, so this guards against a blow-up more than it proves continuity;
+        # step, tokens and LR above are the exact checks.
         ref_tail = [r["loss"] for r in read_metrics(ref) if "loss" in r and r["step"] > 19]
         tail = [r["loss"] for r in read_metrics(run) if "loss" in r and r["step"] > 19]
         assert abs(sum(tail) / 5 - sum(ref_tail) / 5) < 0.1 * sum(ref_tail) / 5, (tail, ref_tail)
+        assert read_metrics(run)[-1]["val_loss"] == pytest.approx(read_metrics(ref)[-1]["val_loss"], abs=0.1)
+
+
+def test_a_failed_conversion_leaves_the_checkpoint_untouched(epoch_data, tmp_path):
+    import hashlib
+
+    run = tmp_path / "run"
+    _train(epoch_data, run, 2, "engine.zero_stage=1", "stop_after_steps=2")
+    ckpt = run / "checkpoints" / "step_00000002"
+    victim = ckpt / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    victim.write_bytes(victim.read_bytes()[:1000])  # damaged: the converter cannot read it
+
+    def digest() -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(ckpt.iterdir())}
+
+    before = digest()
+    p = run_module(
+        "pipeline.pretrain",
+        [f"data.path={epoch_data}", f"run_dir={run}", *TINY, "global_batch_size=12", "engine.zero_stage=1"],
+        check=False,
+    )
+    assert p.returncode != 0
+    assert "converting" in p.stderr and "failed" in p.stderr and "the checkpoint is untouched" in p.stderr
+    assert digest() == before  # no universal/, no temporary folder, no pointer, every file as it was

@@ -161,6 +161,29 @@ def test_preempted_job_requeues_and_resumes_exactly(synth_data, reference, tmp_p
     assert len(list((run / "wandb").glob(f"offline-run-*-{wid}"))) == 2
 
 
+def test_preempted_on_two_nodes_requeued_on_one_resumes_on_one_rank(synth_data, reference, tmp_path):
+    """The requeued job comes back smaller (a node drained, say): it converts the checkpoint to a universal one,
+    re-splits the rest of the epoch and finishes with the uninterrupted run's step, token count and LR."""
+    if n_nodes() < 2:
+        pytest.skip("needs the test cluster's two nodes")
+    run = tmp_path / "run"
+    job = submit(run, "max_steps=120", data=synth_data, submit_args=[*SUBMIT, "--nodes", "2", "--tasks-per-node", "1"])
+    metrics = run / "metrics.jsonl"
+    wait_for("step 20", lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 20, 300, job, 0.2)
+    sh("scancel", "--signal=USR2", job)
+    wait_for("the requeue", lambda: "PENDING" in sh("squeue", "-h", "-j", job, "-o", "%T"), 120, job, 0.5)
+    # What a user (or an admin) does to a pending job to get it started on what is free: one node, one task.
+    sh("scontrol", "update", f"JobId={job}", "NumNodes=1", "NumTasks=1")
+    assert wait_done(job) == "COMPLETED", logs(run)
+    text = logs(run)
+    assert "to a universal checkpoint" in text and "re-split" in text, text[-3000:]
+    last, ref = read_metrics(run)[-2], reference[120][-2]
+    assert last["step"] == ref["step"] == 120
+    assert last["lr"] == pytest.approx(ref["lr"], rel=1e-9)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["samples"] == 120 * 8
+
+
 def test_cancelled_job_saves_and_is_not_requeued(synth_data, tmp_path):
     run = tmp_path / "run"
     job = submit(run, "max_steps=100000", data=synth_data, submit_args=[*SUBMIT, "--tasks-per-node", "2"])
