@@ -61,8 +61,8 @@ def test_typos_and_impossible_requests_are_refused_with_nothing_submitted(synth_
     ]:
         p = run_module(
             "pipeline.pretrain",
-            [*LAUNCHER, f"hydra.launcher.name={tag}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.path={synth_data}",
-             *COMMON, *extra],
+            [*LAUNCHER, f"hydra.launcher.name={tag}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+             f"data.path={synth_data}", *COMMON, *extra],
             check=False, timeout=120,
         )  # fmt: skip
         assert p.returncode == 2 and expected in p.stderr, p.stderr[-2000:]
