@@ -122,20 +122,26 @@ def run(title: str, cmd: list[str], log: Path) -> float:
     return dt
 
 
-def check_configs(prep: list[str], pretrain: list[str], finetune: list[str]) -> None:
-    """Compose every stage's config before any work: a misspelt key or preset fails here."""
+def check_configs(prep: list[str], pretrain: list[str], finetune: list[str], nproc: int = 1) -> None:
+    """Compose and check every stage's config before any work (the checks launch.submit runs: pipeline/preflight.py):
+    a misspelt key or preset, or a pretraining batch that does not split over nproc ranks, fails here in one line."""
     from hydra import compose, initialize_config_dir
 
     import data_prep.config  # noqa: F401 - registers data_prep_schema
-    import pipeline.finetune.config  # noqa: F401 - registers the stages' schemas
-    import pipeline.pretrain.config  # noqa: F401
+    from pipeline.cli import one_line
+    from pipeline.config import ConfigError
+    from pipeline.preflight import check_job
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name, overrides in (("data_prep", prep), ("pretrain", pretrain), ("finetune", finetune)):
-            try:
-                compose(config_name=name, overrides=overrides)
-            except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
-                raise SystemExit(f"bad {name} override: {e}") from e
+        try:
+            compose(config_name="data_prep", overrides=prep)
+        except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
+            raise SystemExit(f"error: prep: {one_line(e) or e}") from e
+    for name, overrides, world in (("pretrain", pretrain, nproc), ("finetune", finetune, 1)):  # finetune: 1 process
+        try:
+            check_job(name, overrides, world)
+        except ConfigError as e:
+            raise SystemExit(f"error: {name}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         *FINETUNE,
         *o["finetune"],
     ]
-    check_configs(prep_args, pre_args, ft_args)
+    check_configs(prep_args, pre_args, ft_args, nproc)
     t0 = time.perf_counter()
     timings = {}
 

@@ -152,6 +152,10 @@ class Engine:
         self.module = self.ds.module
         self._forward = torch.compile(self.ds) if engine_cfg.compile else self.ds
         self._zero_grads = False
+        # DeepSpeed reports no gradient norm for ZeRO-0 in fp32 (its fp16/bf16 and ZeRO optimizers do): we take it
+        # after the boundary all-reduce and before step() zeroes the gradients.
+        self._own_grad_norm = engine_cfg.zero_stage == 0 and engine_cfg.precision == "fp32"
+        self._grad_norm: torch.Tensor | None = None
         for p in self.module.parameters():
             if p.requires_grad:
                 p.register_hook(self._grad_hook)
@@ -192,6 +196,8 @@ class Engine:
                 self._zero_grads = True
             self.ds.set_gradient_accumulation_boundary(last)
             self.ds.backward(loss)
+            if last and self._own_grad_norm:
+                self._grad_norm = self._reduced_grad_norm()
             self.ds.step()
             self._zero_grads = False
             if bad:
@@ -214,8 +220,15 @@ class Engine:
     def lr(self) -> float:
         return float(self.ds.get_lr()[0])
 
+    def _reduced_grad_norm(self) -> torch.Tensor | None:
+        """The L2 norm of the gradients as the optimizer sees them (averaged over ranks, before clipping)."""
+        grads = [p.grad.detach().float() for p in self.module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+
     def grad_norm(self) -> float | None:
         g = self.ds.get_global_grad_norm()
+        if g is None and self._own_grad_norm and self._grad_norm is not None:
+            g = self._grad_norm
         return None if g is None else float(g)
 
     def loss_scale(self) -> float | None:
