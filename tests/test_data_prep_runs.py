@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -330,6 +331,9 @@ def test_cli_runs_cleanly_and_fails_clearly(tmp_path, corpus):
     docs = lee_docs()
     assert f"documents: {len(docs)} read, {len(set(docs))} used, {len(docs) - len(set(docs))} skipped" in ok.stdout
     assert "skipped duplicate: 7" in ok.stdout and "fingerprint:" in ok.stdout
+    # The default val_fraction=0.01 leaves 293 documents a tiny validation split: said, with a fraction that would do.
+    small = next(x for x in (ok.stdout + ok.stderr).splitlines() if "the validation split has" in x)
+    assert "(val_fraction=0.01 now)" in small and re.search(r"val_fraction=0\.\d+ would give about \d+ of", small)
     assert sorted(os.listdir(cwd)) == ["out"]  # no outputs/, no .hydra/, no log file
     assert not (cwd / "out" / ".hydra").exists()
     typo = subprocess.run([*base, "seq_lenn=64"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
