@@ -68,8 +68,6 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
     run_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
     if not run_dir:
         raise LaunchError("give run_dir=... among the overrides: a requeued job resumes from it")
-    # The job's config, composed and checked here: a typo must not wait hours in the queue to fail on a node.
-    check_job_config(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
     folder = Path(args.folder or Path(run_dir) / "submitit") / "%j"
     extra = dict(kv.split("=", 1) for kv in args.extra)
     if args.exclusive:
@@ -107,6 +105,8 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
         if extra:
             params["slurm_additional_parameters"] = extra
         executor.update_parameters(**params)
+    # The job's config, composed and checked here: a typo must not wait hours in the queue to fail on a node.
+    check_job_config(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
     if args.dry_run:
         return None
     try:
