@@ -100,3 +100,16 @@ def test_help_says_what_the_entry_does_and_lists_its_own_groups(module, tmp_path
         assert "bert-tiny" in p.stdout and "max_steps = 1000" in p.stdout and "task" not in p.stdout
     if module == "pipeline.finetune":
         assert "sst2" in p.stdout and "model.{path," in p.stdout and "bert-tiny" not in p.stdout
+
+
+def test_a_stage_ends_with_a_summary_and_third_party_noise_stays_in_the_log_file(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = [*PRETRAIN, f"data.path={tiny_data}", f"run_dir={run}", "global_batch_size=8", "max_steps=2"]
+    p = run_module("pipeline.pretrain", args, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    summary = p.stdout[p.stdout.index("pretrain: step 2 of 2 (done)") :].splitlines()
+    assert summary[1].startswith("  validation: val_loss ") and summary[2] == (
+        f"  outputs in {run}: checkpoints/step_00000002, metrics.jsonl, summary.json"
+    )
+    assert "compilers.C" not in out  # DeepSpeed's compiler probes: in the log file only
+    assert "compilers.C" in (run / "__main__.log").read_text()
