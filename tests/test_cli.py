@@ -113,3 +113,27 @@ def test_a_stage_ends_with_a_summary_and_third_party_noise_stays_in_the_log_file
     )
     assert "compilers.C" not in out  # DeepSpeed's compiler probes: in the log file only
     assert "compilers.C" in (run / "__main__.log").read_text()
+
+
+def test_data_prep_help_and_a_misspelt_key(tmp_path):
+    p = run_module("data_prep", ["--help"], cwd=tmp_path)
+    assert p.stdout.startswith("Shard corpora") and "val_fraction: 0.01" in p.stdout and "README" in p.stdout
+    assert "model:" not in p.stdout and "_schema" not in p.stdout  # not the pipeline's groups
+    p = run_module("data_prep", ["seq_lenn=64", "input=x", "output=y"], cwd=tmp_path, check=False)
+    assert p.returncode == 2 and _lines(p) == [
+        "seq_lenn: Key 'seq_lenn' not in 'DataPrepConfig'; every key: python -m data_prep --help"
+    ]
+
+
+def test_launch_submit_dry_run_checks_the_config_and_submits_nothing(tiny_data, tmp_path):
+    base = ["--local", "--dry-run", "--tasks-per-node", "2", "--", f"data.path={tiny_data}", f"run_dir={tmp_path}/r"]
+    p = run_module("launch.submit", [*base, *PRETRAIN, "global_batch_size=8"], cwd=tmp_path)
+    assert p.stdout.strip() == "dry run: every check passed; nothing submitted"
+    p = run_module("launch.submit", [*base, "max_step=5"], cwd=tmp_path, check=False)
+    assert p.returncode == 2 and _lines(p) == ["error: max_step: no such key (did you mean max_steps?); the keys "
+                                               "are listed by --help"]  # fmt: skip
+    p = run_module("launch.check", ["--world-size", "2", "--", f"data.path={tiny_data}", "global_batch_size=8"])
+    assert p.stdout.strip() == "ok: pretrain config for 2 ranks"
+    p = run_module("launch.check", ["--world-size", "2", "--", "data.path=/x", "global_batch_size=3"], check=False)
+    assert p.returncode == 2 and _lines(p) == ["error: global_batch_size=3 is not divisible by the world size 2"]
+    assert not (tmp_path / "r").exists()
