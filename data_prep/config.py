@@ -29,6 +29,9 @@ class TokenizerConfig:
     path: str | None = None
     vocab_size: int = 30522
     lowercase: bool = True
+    # null: strip accents when lowercasing, as BERT uncased does (Cyrillic й -> и, Greek and Latin accents lost).
+    # false keeps them: lowercase=true strip_accents=false for uncased text in most non-English scripts.
+    strip_accents: bool | None = None
     train_sample_mb: float = 200.0
     # With num_parts > 1, part 0 trains and publishes the tokenizer; the other parts wait this long for it
     # (training is not bit-reproducible upstream, so parts must not each train their own).
@@ -136,6 +139,8 @@ def output_config(cfg: DataPrepConfig) -> dict:
         d.pop(key)
     d.pop("output")  # moving the directory is fine
     d["tokenizer"].pop("wait_s")
+    if d["tokenizer"].get("strip_accents") is None:
+        d["tokenizer"].pop("strip_accents", None)  # the default: directories prepared before the key still match
     return d
 
 

@@ -132,7 +132,27 @@ def merge(out: str, num_parts: int | None = None, verify: bool = False) -> dict:
     for split, want in (("val", first["config"]["val_fraction"] > 0), ("train", True)):
         if want and splits.get(split, {}).get("samples", 0) == 0:
             log.warning("the %s split has no samples (documents too few or too short?): see manifest.json", split)
+    warn_small_val(first["config"]["val_fraction"], splits)
     return manifest
+
+
+MIN_VAL_SAMPLES = 64  # below this, validation losses are noise: one or two micro-batches at most
+
+
+def warn_small_val(val_fraction: float, splits: dict) -> str | None:
+    """Warn (and return the message) when the validation split is small, naming a val_fraction that would do."""
+    val = splits.get("val", {}).get("samples", 0)
+    total = val + splits.get("train", {}).get("samples", 0)
+    if val_fraction <= 0 or val >= MIN_VAL_SAMPLES or total == 0:
+        return None
+    want = min(0.2, MIN_VAL_SAMPLES / total)
+    msg = (
+        f"the validation split has {val} samples (fewer than {MIN_VAL_SAMPLES}): its metrics will be noisy, and "
+        f"missing when it is smaller than the number of ranks; val_fraction={want:.2g} would give about "
+        f"{int(want * total)} of the {total} samples (val_fraction={val_fraction} now)"
+    )
+    log.warning("%s", msg)
+    return msg
 
 
 def format_summary(m: dict) -> str:

@@ -51,8 +51,28 @@ def prepare(cfg: DataPrepConfig | dict) -> dict:
     started = time.time()
     out = cfg.output
     sources = expand_inputs(cfg)  # a bad input fails here, before anything is written
+    fresh = not os.path.exists(out)
     os.makedirs(os.path.join(out, DONE, PARTS), exist_ok=True)
-    _check_state(cfg, out)
+    try:
+        _check_state(cfg, out)
+        return _prepare(cfg, sources, out, started)
+    except BaseException:
+        if cfg.num_parts == 1:  # with parts, others may be writing here: leave the record to them
+            _unclaim(out, fresh)
+        raise
+
+
+def _unclaim(out: str, fresh: bool) -> None:
+    """A run that failed before writing any shard or tokenizer leaves no record of its config: the fixed rerun then
+    needs no overwrite=true. A directory this run created is removed when nothing else is in it."""
+    if any(_SHARD_RE.match(n) for n in os.listdir(out)) or os.path.exists(os.path.join(out, "tokenizer")):
+        return
+    shutil.rmtree(os.path.join(out, DONE), ignore_errors=True)
+    if fresh and not os.listdir(out):
+        os.rmdir(out)
+
+
+def _prepare(cfg: DataPrepConfig, sources: list[Source], out: str, started: float) -> dict:
     # manifest.json is written last: while any part runs there is none, and this part is not done.
     for path in (os.path.join(out, "manifest.json"), part_path(out, cfg.part, cfg.num_parts)):
         with contextlib.suppress(FileNotFoundError):
@@ -340,10 +360,10 @@ def _ensure_tokenizer(cfg: DataPrepConfig, sources: list[Source], out: str, work
         timings["tokenizer_sample_s"] = time.perf_counter() - t
         log.info("training a WordPiece tokenizer on %.1f MB of text", sum(len(x) for x in texts) / 1e6)
         t = time.perf_counter()
-        tok = tokenization.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.lowercase)
+        tok = tokenization.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.lowercase, cfg.tokenizer.strip_accents)
         del texts
         timings["tokenizer_train_s"] = time.perf_counter() - t
-        tokenization.save(tok, cfg.tokenizer.lowercase, tmp)
+        tokenization.save(tok, cfg.tokenizer.lowercase, tmp, cfg.tokenizer.strip_accents)
         log.info("tokenizer: sample read and cleaned in %.1f s, trained in %.1f s", *timings.values())
     try:
         os.rename(tmp, dst)
@@ -388,8 +408,17 @@ def _training_sample(cfg: DataPrepConfig, sources: list[Source], workers: int) -
             break
     reader.close()
     if not docs:
+        skipped = sum(stats.skipped.values())
+        to_val = stats.documents - skipped  # every usable document was routed to validation
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats.skipped.items())) or "none"
+        hint = (
+            " The first document always goes to validation when val_fraction > 0: give val_fraction=0 (or more text)."
+            if to_val
+            else " See the warnings above, if any, for unreadable files."
+        )
         raise ConfigError(
-            "no documents to train a tokenizer on: the inputs hold no usable text (see the warnings above)"
+            f"no training documents to train a tokenizer on: {stats.documents} read, {skipped} skipped ({reasons}), "
+            f"{to_val} in the validation split.{hint}"
         )
     if workers > 1 and any(kind == WIKI for _, kind in docs):
         ctx = multiprocessing.get_context("fork")

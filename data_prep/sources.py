@@ -9,6 +9,7 @@ stops the run; a bad path or an unknown source type stops it at once, before any
 from __future__ import annotations
 
 import bz2
+import codecs
 import contextlib
 import glob
 import gzip
@@ -296,7 +297,12 @@ def read_documents(sources: list[Source], cfg: DataPrepConfig, stats: ReadStats)
                 if not head:
                     stats.files_skipped["empty_file"] += 1
                     continue
-                if b"\0" in head and src.kind != "parquet":
+                if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) and src.kind != "parquet":
+                    # UTF-16 with a byte-order mark (gensim's Bulgarian Wikipedia dump is one): XML parsers read
+                    # it as is; text and JSONL readers get it re-encoded as UTF-8.
+                    if src.kind != "wiki":
+                        f = codecs.EncodedFile(f, "utf-8", "utf-16")
+                elif b"\0" in head and src.kind != "parquet":
                     stats.files_skipped["binary_file"] += 1
                     log.warning("skipped %s: NUL bytes in its first 8 KiB (binary, or UTF-16 text?)", src.path)
                     continue

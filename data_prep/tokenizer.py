@@ -24,9 +24,12 @@ SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "added_tokens.json")
 
 
-def train(texts: Iterable[str], vocab_size: int, lowercase: bool) -> Tokenizer:
+def train(texts: Iterable[str], vocab_size: int, lowercase: bool, strip_accents: bool | None = None) -> Tokenizer:
+    """A WordPiece BERT tokenizer; ``strip_accents`` None follows ``lowercase`` (BERT's uncased rule)."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, lowercase=lowercase, strip_accents=strip_accents
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(
@@ -45,13 +48,16 @@ def train(texts: Iterable[str], vocab_size: int, lowercase: bool) -> Tokenizer:
     return tok
 
 
-def save(tok: Tokenizer, lowercase: bool, directory: str) -> None:
+def save(tok: Tokenizer, lowercase: bool, directory: str, strip_accents: bool | None = None) -> None:
     """Write `tok` as a Hugging Face BERT tokenizer directory (plus vocab.txt for older tools)."""
     from transformers import BertTokenizerFast
 
     os.makedirs(directory, exist_ok=True)
     hf = BertTokenizerFast(
-        tokenizer_object=tok, do_lower_case=lowercase, **{f"{k}_token": v for k, v in SPECIAL_TOKENS.items()}
+        tokenizer_object=tok,
+        do_lower_case=lowercase,
+        strip_accents=strip_accents,
+        **{f"{k}_token": v for k, v in SPECIAL_TOKENS.items()},
     )
     hf.save_pretrained(directory)
     vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])

@@ -58,7 +58,7 @@ class LaunchChecks(Callback):
     def check(self, config: DictConfig) -> None:
         launcher = config.hydra.launcher
         target = str(launcher.get("_target_", ""))
-        if "submitit" not in target and "launch." not in target:
+        if not target.endswith(("SlurmLauncher", "LocalLauncher")):
             return  # the basic launcher runs jobs here, one by one: each fails at its own start
         if "Slurm" in target:
             check_slurm_request(

@@ -95,20 +95,27 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     return dt
 
 
-def check_configs(prep: list[str], pretrain: list[str], finetunes: list[list[str]]) -> None:
-    """Compose every stage's config before any work: a misspelt key or preset fails here."""
+def check_configs(prep: list[str], pretrain: list[str], finetunes: list[list[str]], nproc: int = 1) -> None:
+    """Compose and check every stage's config before any work (the checks launch.submit runs: pipeline/preflight.py):
+    a misspelt key or preset, or a pretraining batch that does not split over nproc ranks, fails here in one line."""
     from hydra import compose, initialize_config_dir
 
     import data_prep.config  # noqa: F401 - registers data_prep_schema
-    import pipeline.finetune.config  # noqa: F401 - registers the stages' schemas
-    import pipeline.pretrain.config  # noqa: F401
+    from pipeline.cli import one_line
+    from pipeline.config import ConfigError
+    from pipeline.preflight import check_job
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name, overrides in (("data_prep", prep), ("pretrain", pretrain), *(("finetune", f) for f in finetunes)):
-            try:
-                compose(config_name=name, overrides=overrides)
-            except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
-                raise SystemExit(f"bad {name} override: {e}") from e
+        try:
+            compose(config_name="data_prep", overrides=prep)
+        except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
+            raise SystemExit(f"error: prep: {one_line(e) or e}") from e
+    jobs = [("pretrain", pretrain, nproc), *(("finetune", f, 1) for f in finetunes)]  # finetune: 1 process
+    for name, overrides, world in jobs:
+        try:
+            check_job(name, overrides, world)
+        except ConfigError as e:
+            raise SystemExit(f"error: {name}: {e}") from e
 
 
 def fetch_data(opts: dict, real: Path) -> list[str]:
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     prep_args = [f"output={data}", *prof.prep, *o["prep"]]
     pre_args = [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *o["pretrain"]]
     ft_args = [f"model.path={hf}", *engine, *prof.finetune, *o["finetune"]]
-    check_configs(["input=x", *prep_args], pre_args, [[f"task={t}", *ft_args] for t in tasks])
+    check_configs(["input=x", *prep_args], pre_args, [[f"task={t}", *ft_args] for t in tasks], nproc)
     t_fetch = time.perf_counter()
     inputs = fetch_data(o, real)
     timings = {"fetch": time.perf_counter() - t_fetch}

@@ -68,8 +68,17 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
     run_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")), None)
     if not run_dir:
         raise LaunchError("give run_dir=... among the overrides: a requeued job resumes from it")
+    if not args.local:
+        check_slurm_request(
+            args.partition, args.time, args.signal_delay, args.max_timeouts, args.tasks_per_node, args.gpus_per_node
+        )
+        check_capacity(
+            args.partition, args.nodes, args.tasks_per_node, args.cpus_per_task, args.mem_gb, args.gpus_per_node
+        )
     # The job's config, composed and checked here: a typo must not wait hours in the queue to fail on a node.
     check_job_config(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
+    if args.dry_run:
+        return None
     folder = Path(args.folder or Path(run_dir) / "submitit") / "%j"
     extra = dict(kv.split("=", 1) for kv in args.extra)
     if args.exclusive:
@@ -80,12 +89,6 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
             timeout_min=args.time, tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node or 0
         )
     else:
-        check_slurm_request(
-            args.partition, args.time, args.signal_delay, args.max_timeouts, args.tasks_per_node, args.gpus_per_node
-        )
-        check_capacity(
-            args.partition, args.nodes, args.tasks_per_node, args.cpus_per_task, args.mem_gb, args.gpus_per_node
-        )
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=args.max_timeouts)
         params = {
             "timeout_min": args.time,
@@ -115,8 +118,6 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
         if extra:
             params["slurm_additional_parameters"] = extra
         executor.update_parameters(**params)
-    if args.dry_run:
-        return None
     try:
         return executor.submit(TrainJob(args.stage), list(args.overrides))
     except submitit.core.utils.FailedJobError as e:

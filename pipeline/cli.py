@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import sys
 import time
@@ -146,6 +147,20 @@ def user_errors() -> Iterator[None]:
         sys.exit(USER_ERROR)
 
 
+class ThirdPartyNoise(logging.Filter):
+    """On the console handler (conf/pretrain.yaml, conf/finetune.yaml): drops lines that bury ours, such as
+    DeepSpeed's compiler probes (``compilers.*``) and library warnings (FutureWarning...). The run's log file keeps
+    them all."""
+
+    NOISY = ("compilers", "py.warnings", "torch._dynamo", "torch._inductor")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.NOISY):
+            return False
+        # DeepSpeed's INFO lines (config dumps, op builds) on the console: its warnings and errors still show.
+        return not (record.name.startswith(("DeepSpeed", "deepspeed")) and record.levelno < logging.WARNING)
+
+
 def run(main: Callable[[], object], entry: str) -> None:
     """Call a ``@hydra.main`` function with the convention above; ``--help``/``-h`` prints the entry's help."""
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
@@ -155,6 +170,7 @@ def run(main: Callable[[], object], entry: str) -> None:
         return
     global _debug_at_start
     _debug_at_start = debugging()
+    logging.captureWarnings(True)  # Python warnings become log records: the log file has them, the console not
     if _debug_at_start:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's whole traceback, not its trimmed one
         main()
@@ -173,3 +189,42 @@ def run(main: Callable[[], object], entry: str) -> None:
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
         os.environ.pop(_OURS, None)
+
+
+def closing_summary(run_dir: Path) -> str | None:
+    """The lines a stage ends with: what was done, the headline numbers, where the outputs are, what comes next."""
+    run_dir = Path(run_dir)
+
+    def num(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    if (run_dir / "results.json").is_file():  # finetune
+        r = json.loads((run_dir / "results.json").read_text())
+        val = ", ".join(f"{k} {num(v)}" for k, v in r.get("validation", {}).items() if isinstance(v, int | float))
+        return "\n".join(
+            [
+                f"finetune {r.get('task')}: {r.get('steps')} steps, best at step {r.get('best_step')}"
+                + (" (stopped early)" if r.get("stopped_early") else ""),
+                f"  validation ({r.get('validation_examples')} examples): {val or 'none'}",
+                f"  outputs in {run_dir}: results.json, best_model/ (Hugging Face), predictions_*.jsonl, metrics.jsonl",
+                f"  next: python -m pipeline.report run_dir={run_dir}",
+            ]
+        )
+    if (run_dir / "summary.json").is_file():  # pretrain
+        s = json.loads((run_dir / "summary.json").read_text())
+        val = ", ".join(f"{k} {num(s[k])}" for k in ("val_loss", "val_mlm_acc", "val_nsp_acc") if k in s)
+        state = (
+            "stopped on a signal with a checkpoint: run the same command to resume"
+            if s.get("stopped_by_signal")
+            else "done"
+        )
+        return "\n".join(
+            [
+                f"pretrain: step {s.get('step')} of {s.get('max_steps')} ({state}); {num(s.get('samples'))} samples, "
+                f"{num(s.get('tokens'))} tokens; skipped steps {s.get('skipped_steps', 0)}",
+                f"  validation: {val or 'none (no val split, or eval.at_end=false)'}",
+                f"  outputs in {run_dir}: checkpoints/{s.get('checkpoint') or ''}, metrics.jsonl, summary.json",
+                f"  next: python -m pipeline.export run_dir={run_dir}; python -m pipeline.report run_dir={run_dir}",
+            ]
+        )
+    return None

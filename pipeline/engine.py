@@ -158,6 +158,10 @@ class Engine:
         self._zero_grads = False  # previous step: a host flag
         self._bad = None  # lean step: a device flag (bool scalar) for the current micro-batch
         self.compiled_graphs = 0
+        # DeepSpeed reports no gradient norm for ZeRO-0 in fp32 (its fp16/bf16 and ZeRO optimizers do): we take it
+        # after the boundary all-reduce and before step() zeroes the gradients.
+        self._own_grad_norm = engine_cfg.zero_stage == 0 and engine_cfg.precision == "fp32"
+        self._grad_norm: torch.Tensor | None = None
         for p in self.module.parameters():
             if p.requires_grad:
                 p.register_hook(self._grad_hook)
@@ -225,6 +229,8 @@ class Engine:
                 self._bad = bad if self.nan_check else None
                 self.ds.set_gradient_accumulation_boundary(last)
                 self.ds.backward(loss)
+                if last and self._own_grad_norm:
+                    self._grad_norm = self._reduced_grad_norm()  # a device tensor: read when logged
                 self.ds.step()
         finally:
             self._bad = None
@@ -258,6 +264,8 @@ class Engine:
                 self._zero_grads = True
             self.ds.set_gradient_accumulation_boundary(last)
             self.ds.backward(loss)
+            if last and self._own_grad_norm:
+                self._grad_norm = self._reduced_grad_norm()
             self.ds.step()
             self._zero_grads = False
             if bad:
@@ -289,8 +297,15 @@ class Engine:
     def lr(self) -> float:
         return float(self.ds.get_lr()[0])
 
+    def _reduced_grad_norm(self) -> torch.Tensor | None:
+        """The L2 norm of the gradients as the optimizer sees them (averaged over ranks, before clipping)."""
+        grads = [p.grad.detach().float() for p in self.module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+
     def grad_norm(self) -> float | None:
         g = self.ds.get_global_grad_norm()
+        if g is None and self._own_grad_norm and self._grad_norm is not None:
+            g = self._grad_norm
         return None if g is None else float(g)
 
     def loss_scale(self) -> float | None:

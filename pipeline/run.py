@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointManager, TrainState
+from pipeline.cli import closing_summary, rank
 from pipeline.dist import DistEnv, barrier, detect, gather_lists, shutdown
 from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_config, partitioned, write_json
 from pipeline.metrics import Metrics, build_metrics
@@ -154,7 +155,10 @@ def run_hydra_stage(stage: Callable[..., RunResult], cfg: DictConfig) -> RunResu
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
     run_dir = Path(cfg.run_dir or hc.runtime.output_dir)
-    return run_stage(stage, cfg, run_dir, Path(hc.sweep.dir).name if multirun else None, leave_group=not multirun)
+    result = run_stage(stage, cfg, run_dir, Path(hc.sweep.dir).name if multirun else None, leave_group=not multirun)
+    if rank() == 0 and (text := closing_summary(run_dir)):
+        print(text, flush=True)
+    return result
 
 
 def stage_function(name: str) -> Callable[..., RunResult]:

@@ -100,3 +100,40 @@ def test_help_says_what_the_entry_does_and_lists_its_own_groups(module, tmp_path
         assert "bert-tiny" in p.stdout and "max_steps = 1000" in p.stdout and "task" not in p.stdout
     if module == "pipeline.finetune":
         assert "sst2" in p.stdout and "model.{path," in p.stdout and "bert-tiny" not in p.stdout
+
+
+def test_a_stage_ends_with_a_summary_and_third_party_noise_stays_in_the_log_file(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = [*PRETRAIN, f"data.path={tiny_data}", f"run_dir={run}", "global_batch_size=8", "max_steps=2"]
+    p = run_module("pipeline.pretrain", args, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    summary = p.stdout[p.stdout.index("pretrain: step 2 of 2 (done)") :].splitlines()
+    assert summary[1].startswith("  validation: val_loss ") and summary[2] == (
+        f"  outputs in {run}: checkpoints/step_00000002, metrics.jsonl, summary.json"
+    )
+    assert "compilers.C" not in out  # DeepSpeed's compiler probes: in the log file only
+    assert "compilers.C" in (run / "__main__.log").read_text()
+
+
+def test_data_prep_help_and_a_misspelt_key(tmp_path):
+    p = run_module("data_prep", ["--help"], cwd=tmp_path)
+    assert p.stdout.startswith("Shard corpora") and "val_fraction: 0.01" in p.stdout and "README" in p.stdout
+    assert "model:" not in p.stdout and "_schema" not in p.stdout  # not the pipeline's groups
+    p = run_module("data_prep", ["seq_lenn=64", "input=x", "output=y"], cwd=tmp_path, check=False)
+    assert p.returncode == 2 and _lines(p) == [
+        "seq_lenn: Key 'seq_lenn' not in 'DataPrepConfig'; every key: python -m data_prep --help"
+    ]
+
+
+def test_launch_submit_dry_run_checks_the_config_and_submits_nothing(tiny_data, tmp_path):
+    base = ["--local", "--dry-run", "--tasks-per-node", "2", "--", f"data.path={tiny_data}", f"run_dir={tmp_path}/r"]
+    p = run_module("launch.submit", [*base, *PRETRAIN, "global_batch_size=8"], cwd=tmp_path)
+    assert p.stdout.strip() == "dry run: every check passed; nothing submitted"
+    p = run_module("launch.submit", [*base, "max_step=5"], cwd=tmp_path, check=False)
+    assert p.returncode == 2 and _lines(p) == ["error: max_step: no such key (did you mean max_steps?); the keys "
+                                               "are listed by --help"]  # fmt: skip
+    p = run_module("launch.check", ["--world-size", "2", "--", f"data.path={tiny_data}", "global_batch_size=8"])
+    assert p.stdout.strip() == "ok: pretrain config for 2 ranks"
+    p = run_module("launch.check", ["--world-size", "2", "--", "data.path=/x", "global_batch_size=3"], check=False)
+    assert p.returncode == 2 and _lines(p) == ["error: global_batch_size=3 is not divisible by the world size 2"]
+    assert not (tmp_path / "r").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,17 @@ import time
 
 import numpy as np
 import pytest
-from test_data_prep_helpers import MINILM, MINILM_IDS, WIKI_DUMP, config, contains, lee_docs, read_samples, shard_files
+from test_data_prep_helpers import (
+    GENSIM_DATA,
+    MINILM,
+    MINILM_IDS,
+    WIKI_DUMP,
+    config,
+    contains,
+    lee_docs,
+    read_samples,
+    shard_files,
+)
 
 import data_prep.run
 from data_prep import format_summary, prepare
@@ -355,6 +366,9 @@ def test_cli_runs_cleanly_and_fails_clearly(tmp_path, corpus):
     docs = lee_docs()
     assert f"documents: {len(docs)} read, {len(set(docs))} used, {len(docs) - len(set(docs))} skipped" in ok.stdout
     assert "skipped duplicate: 7" in ok.stdout and "fingerprint:" in ok.stdout
+    # The default val_fraction=0.01 leaves 293 documents a tiny validation split: said, with a fraction that would do.
+    small = next(x for x in (ok.stdout + ok.stderr).splitlines() if "the validation split has" in x)
+    assert "(val_fraction=0.01 now)" in small and re.search(r"val_fraction=0\.\d+ would give about \d+ of", small)
     assert sorted(os.listdir(cwd)) == ["out"]  # no outputs/, no .hydra/, no log file
     assert not (cwd / "out" / ".hydra").exists()
     typo = subprocess.run([*base, "seq_lenn=64"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
@@ -366,3 +380,22 @@ def test_cli_runs_cleanly_and_fails_clearly(tmp_path, corpus):
         missing.returncode == 2 and "input pattern 'nope/*.jsonl' matched no files" in missing.stdout + missing.stderr
     )
     assert not (cwd / "out2").exists()
+
+
+def test_bulgarian_dump_keeps_its_letters_and_a_failed_run_claims_no_folder(tmp_path):
+    """gensim's Bulgarian dump (UTF-16, one article): the default val_fraction sends its only article to validation,
+    which fails in one line that says so and leaves no folder; the fixed rerun needs no overwrite=true, and
+    lowercase without accent stripping keeps й (BERT's uncased rule would make it и)."""
+    bg = os.path.join(GENSIM_DATA, "bgwiki-latest-pages-articles-shortened.xml.bz2")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    base = [sys.executable, "-m", "data_prep", f"input={bg}", "output=bg", "tokenizer.strip_accents=false"]
+    p = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "1 in the validation split" in p.stdout + p.stderr and "val_fraction=0" in p.stdout
+    assert "see the warnings above" not in p.stdout + p.stderr and not (tmp_path / "bg").exists()
+    p = subprocess.run([*base, "val_fraction=0", "tokenizer.vocab_size=2000"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "bg" / "tokenizer"))
+    assert "григорий" in tok.tokenize("Григорий")

@@ -7,6 +7,7 @@ import random
 import unicodedata
 
 import numpy as np
+import pytest
 import webdataset as wds
 from test_data_prep_helpers import MINILM, lee_docs
 from tokenizers import Tokenizer
@@ -182,3 +183,16 @@ def test_tokenizer_load_disables_padding_and_truncation():
     tok = tokenization.load(MINILM)
     assert tok.padding is None and tok.truncation is None
     assert len(tok.encode("word " * 600, add_special_tokens=False).ids) == 600
+
+
+@pytest.mark.parametrize("strip, expected", [(None, "иезуитът григории"), (False, "йезуитът григорий")])
+def test_lowercase_without_stripping_accents_keeps_cyrillic_letters(tmp_path, strip, expected):
+    """BERT's uncased rule strips accents, which turns Bulgarian й into и; strip_accents=false keeps the letters."""
+    from transformers import AutoTokenizer
+
+    texts = ["Йезуитът Григорий пише писмо до приятел.", "Григорий чете книга в стаята."] * 50
+    tok = tokenization.train(texts, 200, lowercase=True, strip_accents=strip)
+    assert tok.normalizer.normalize_str("Йезуитът Григорий") == expected
+    tokenization.save(tok, True, str(tmp_path), strip)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert hf.backend_tokenizer.normalizer.normalize_str("Йезуитът Григорий") == expected

@@ -76,7 +76,7 @@ def test_demo_refuses_a_typo_before_any_work(tmp_path):
         text=True,
         timeout=300,
     )
-    assert p.returncode != 0 and "bad pretrain override" in p.stderr and "lrr" in p.stderr
+    assert p.returncode != 0 and "error: pretrain:" in p.stderr and "lrr" in p.stderr
     assert not (tmp_path / "d" / "data").exists()
 
 

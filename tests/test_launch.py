@@ -84,7 +84,9 @@ def test_unknown_launcher_preset_is_named(synth_data, tmp_path):
         check=False,
         timeout=120,
     )
-    assert p.returncode != 0 and "Could not find 'hydra/launcher/slurmm'" in p.stderr + p.stdout
+    assert p.returncode == 2 and p.stderr.startswith(
+        "error: hydra/launcher=slurmm: no such preset in conf/hydra/launcher/; available: basic, local, slurm"
+    )
 
 
 def test_ranks_that_cannot_reach_the_master_fail_with_a_message(synth_data, tmp_path):

@@ -256,7 +256,7 @@ def test_wandb_offline_run_holds_the_metrics_and_resumes_the_same_run(synth_data
     [
         (["engine.zero_stage=5"], "ZeRO stages are 0, 1, 2 and 3"),
         (["global_batch_size=10", "engine.micro_batch_size=4"], "does not divide the per-rank batch"),
-        (["model=bert-huge"], "Could not find 'model/bert-huge'"),
+        (["model=bert-huge"], "error: model=bert-huge: no such preset in conf/model/; available: bert-base"),
         (["engine.zero_stag=2"], "zero_stag"),
         (["engine.precision=fp8"], "expected one of [fp32, bf16, fp16]"),
     ],

@@ -85,6 +85,11 @@ def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistE
     """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches."""
     if not spec.val:
         return {}
+    # A split smaller than one micro-batch per rank would give no batch at all: evaluate it as one smaller batch
+    # per rank instead (every rank the same size, so the ranks stay in step). Larger splits leave out fewer than
+    # one micro-batch per rank.
+    per_rank = sum(s.samples for s in spec.val) // env.world_size
+    micro = min(micro, per_rank) if per_rank else micro
     ds = D.PretrainStreams(
         spec.val,
         masker,
@@ -111,7 +116,12 @@ def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistE
     sums["samples"] = n
     tot = reduce_dict(sums, engine.device)
     if tot["samples"] == 0:
-        log.warning("validation split too small for one batch per rank: no validation metrics")
+        log.warning(
+            "the validation split (%d samples) has fewer samples than ranks (%d): no validation metrics; rerun "
+            "data_prep with a larger val_fraction",
+            sum(s.samples for s in spec.val),
+            env.world_size,
+        )
         return {}
     return summarize(tot, tot["samples"], "val_")
 
