@@ -82,6 +82,10 @@ for c in $CASES; do
   run "$tag-previous" "$model" "$seq" "$micro" "previous step" engine.lean_step=false
   run "$tag-lean" "$model" "$seq" "$micro" "lean step"
   run "$tag-packed" "$model" "$seq" "$micro" "lean + packing + varlen" data.packing=true model.attention=varlen
+  if [ "$c" = "${CASES%% *}" ]; then  # the first case only: ZeRO-2's per-micro-step hooks buy nothing on one GPU
+    run "$tag-packed-zero0" "$model" "$seq" "$micro" "lean + packing + varlen, ZeRO-0" data.packing=true \
+      model.attention=varlen engine.zero_stage=0
+  fi
   if [ "${COMPILE:-0}" = 1 ] && [ "$seq" = 128 ] && [[ "$model" != *large* ]]; then
     run "$tag-packed-compile" "$model" "$seq" "$micro" "lean + packing + varlen + compile" data.packing=true \
       model.attention=varlen data.fixed_shapes=true engine.compile=true

@@ -150,7 +150,11 @@ class Engine:
             dist_init_required=False,
         )
         self.module = self.ds.module
-        self._forward = torch.compile(self.ds) if engine_cfg.compile else self.ds
+        if engine_cfg.compile:
+            # The model's forward only: DeepSpeed's own forward and hooks read Python counters that change every
+            # step (its throughput timer, ZeRO's backward flags), and dynamo would guard on them and recompile.
+            self.module.forward = torch.compile(self.module.forward)
+        self._forward = self.ds
         self._zero_grads = False  # previous step: a host flag
         self._bad = None  # lean step: a device flag (bool scalar) for the current micro-batch
         self.compiled_graphs = 0
