@@ -34,7 +34,7 @@ if [ "$CPU" = 0 ]; then
   DUPE=${DUPE:-5}; GB=256; PEAK=""
 else
   ENGINE="engine=cpu engine.loader_workers=1"
-  CASES="bert-tiny:128:8 bert-tiny:512:4 bert-mini:128:8"
+  CASES=${CPU_CASES:-"bert-tiny:128:8"}  # one case runs every variant and check; CPU_CASES for more
   DUMP=$($PY -c "import gensim, pathlib; print(pathlib.Path(gensim.__file__).parent / 'test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2')")
   TOK=$($PY -c "import sys; sys.path.insert(0, 'bench'); from pretrain_throughput import bert_tokenizer_dir; print(bert_tokenizer_dir())")
   DUPE=1; GB=16; STEPS=${CPU_STEPS:-6}
