@@ -178,8 +178,8 @@ class Engine:
     @staticmethod
     def _tokens(mb: dict) -> tuple[float, float]:
         """(real tokens, token slots) of a micro-batch: from its meta when the collator counted them."""
-        meta = mb.get("meta") or {}
-        if "tokens" in meta:
+        meta = mb.get("meta")  # a dict from the pretraining loader; finetuning's is a tensor of feature indices
+        if isinstance(meta, dict) and "tokens" in meta:
             return float(meta["tokens"]), float(meta["slots"])
         return float(mb["attention_mask"].sum()), float(mb["attention_mask"].numel())
 
