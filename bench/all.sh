@@ -7,3 +7,4 @@ PY=${PYTHON:-.venv/bin/python}
 echo "# $(date -u +%FT%TZ) on $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo; echo "## data_prep"; "$PY" bench/data_prep.py
 echo; echo "## pretraining throughput"; "$PY" bench/pretrain_throughput.py
+echo; echo "## packing and the lean step"; "$PY" bench/packing.py

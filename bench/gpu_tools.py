@@ -142,7 +142,7 @@ def table(results: Path) -> None:
             bad.append(f"{name}: tokens/s {med['tokens_per_s']}, real fraction {med['real_token_frac']}, loss {loss}")
             continue
         if not mfu or not 0 < statistics.median(mfu) < 1:
-            bad.append(f"{name}: MFU {mfu[:3]} (no peak for this device? set PEAK_TFLOPS)")
+            bad.append(f"{name}: MFU {mfu[:3]} (a peak the device does not have? set logger.peak_tflops)")
             continue
         if any(r.get("skipped_micro") for r in recs):
             bad.append(f"{name}: non-finite micro-batches were skipped: its throughput is not a clean number")
@@ -153,7 +153,7 @@ def table(results: Path) -> None:
     print(head)
     print("|---|---|---|---|---|---|---|---|---|")
     for name, meta, med, mfu, loss, g in rows:
-        ceil = f"{g['gemm_tflops']:.0f} TFLOP/s ({g['of_peak']})" if g else "-"
+        ceil = f"{g['gemm_tflops']:.3g} TFLOP/s ({g['of_peak']})" if g else "-"
         print(f"| {name} | {meta['model']} | {meta['seq']} | {meta['variant']} | {med['tokens_per_s']:,.0f} | "
               f"{mfu:.1%} | {med['real_token_frac']:.1%} | {loss:.3f} | {ceil} |")  # fmt: skip
     if bad:

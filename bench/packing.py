@@ -1,6 +1,6 @@
 """Packing against padding, and the lean step against the previous one, on the CPU.
 
-    python bench/packing.py [--model bert-mini] [--steps 12]
+    python bench/packing.py [--model bert-tiny] [--steps 9]
 
 Real tokens/s (padding never counted) and the real-token fraction of the batches, read from metrics.jsonl of
 ``python -m pipeline.pretrain`` runs (median over logging windows, the first dropped as warm-up), for:
@@ -73,8 +73,8 @@ def prepare_tweets(cache: Path, seq_len: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="bert-mini")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--model", default="bert-tiny")
+    ap.add_argument("--steps", type=int, default=9)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bertrun-bench"))
     args = ap.parse_args()
     cache = Path(args.cache)

@@ -154,7 +154,11 @@ class Engine:
             dist_init_required=False,
         )
         self.module = self.ds.module
-        self._forward = torch.compile(self.ds) if engine_cfg.compile else self.ds
+        if engine_cfg.compile:
+            # The model's forward only: DeepSpeed's own forward and hooks read Python counters that change every
+            # step (its throughput timer, ZeRO's backward flags), and dynamo would guard on them and recompile.
+            self.module.forward = torch.compile(self.module.forward)
+        self._forward = self.ds
         self._zero_grads = False  # previous step: a host flag
         self._bad = None  # lean step: a device flag (bool scalar) for the current micro-batch
         self.compiled_graphs = 0
@@ -182,8 +186,8 @@ class Engine:
     @staticmethod
     def _tokens(mb: dict) -> tuple[float, float]:
         """(real tokens, token slots) of a micro-batch: from its meta when the collator counted them."""
-        meta = mb.get("meta") or {}
-        if "tokens" in meta:
+        meta = mb.get("meta")  # a dict from the pretraining loader; finetuning's is a tensor of feature indices
+        if isinstance(meta, dict) and "tokens" in meta:
             return float(meta["tokens"]), float(meta["slots"])
         return float(mb["attention_mask"].sum()), float(mb["attention_mask"].numel())
 
