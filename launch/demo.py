@@ -65,6 +65,11 @@ def parse(argv: list[str]) -> dict:
 PROGRESS = re.compile(rb"\d+/\d+ \[\d")
 
 
+def _show(bar: bytes, tty: bool) -> None:
+    line = bar.decode("utf-8", "replace").strip()[:160]
+    print(f"\r   {line}\033[K" if tty else f"   {line}", end="" if tty else "\n", flush=True)
+
+
 def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) -> float:
     """Run a stage with its full output in ``log`` and its progress bar mirrored on the console: redrawn in place
     on a terminal, one line every 20 s otherwise (CI logs)."""
@@ -75,15 +80,19 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     shown, last, tail = 0.0, b"", b""
     with open(log, "wb") as f:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        newest = b""
         while chunk := p.stdout.read1(1 << 16):
             f.write(chunk)
             tail = (tail + chunk)[-8192:]
             bars = [b for b in re.split(rb"[\r\n]", tail) if PROGRESS.search(b) and not b.startswith(b"Loading")]
-            if bars and bars[-1] != last and time.monotonic() - shown >= every:
-                last, shown = bars[-1], time.monotonic()
-                line = last.decode("utf-8", "replace").strip()[:160]
-                print(f"\r   {line}\033[K" if tty else f"   {line}", end="" if tty else "\n", flush=True)
+            newest = bars[-1] if bars else newest
+            if newest != last and time.monotonic() - shown >= every:
+                last, shown = newest, time.monotonic()
+                _show(last, tty)
         rc = p.wait()
+        if newest != last:  # the final state of the bar (steps done, last loss), however fast the stage was
+            _show(newest, tty)
+            shown = 1.0
     dt = time.perf_counter() - t
     if tty and shown:
         print()
