@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from launch.demo_profiles import PROFILES
@@ -193,23 +194,15 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "pipeline.export", f"run_dir={pre}", f"output={hf}"],
         logs / "export.log",
     )
-    if not (ft / "multirun.yaml").is_file() or len(list(ft.glob("*/results.json"))) < 2 * len(seeds) * len(tasks):
-        timings["finetune"] = run(
-            f"finetune: {','.join(tasks)}, pretrained vs random init, seeds {','.join(seeds)}",
-            [
-                sys.executable,
-                "-m",
-                "pipeline.finetune",
-                "-m",
-                *ft_args,
-                f"task={','.join(tasks)}",
-                "model.random_init=false,true",
-                f"seed={','.join(seeds)}",
-                f"hydra.sweep.dir={ft}",
-            ],
-            logs / "finetune.log",
-            real_env,
-        )
+    # One sweep per task; the GPU profile runs them side by side (small models leave the GPU mostly idle).
+    sweeps = {t: ft / t for t in tasks} if prof.parallel_tasks and len(tasks) > 1 else {",".join(tasks): ft}
+    todo = {t: d for t, d in sweeps.items() if len(list(d.rglob("results.json"))) < 2 * len(seeds) * len(t.split(","))}
+    if todo:
+        t1 = time.perf_counter()
+        with ThreadPoolExecutor(len(todo)) as pool:
+            for job in [pool.submit(finetune_sweep, t, d, ft_args, seeds, logs, real_env) for t, d in todo.items()]:
+                job.result()
+        timings["finetune"] = time.perf_counter() - t1
     run(
         "reports",
         [
@@ -217,11 +210,19 @@ def main(argv: list[str] | None = None) -> int:
             "-c",
             "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
             str(pre),
-            str(ft),
+            *map(str, sweeps.values()),
         ],
         logs / "report.log",
     )
     return headline(out, pre, hf, ft, prof, timings, time.perf_counter() - t0)
+
+
+def finetune_sweep(tasks: str, sweep: Path, ft_args: list[str], seeds: list[str], logs: Path, env: dict) -> float:
+    cmd = [sys.executable, "-m", "pipeline.finetune", "-m", *ft_args, f"task={tasks}", "model.random_init=false,true"]
+    cmd += [f"seed={','.join(seeds)}", f"hydra.sweep.dir={sweep}"]
+    name = tasks.replace(",", "+")
+    title = f"finetune: {tasks}, pretrained vs random init, seeds {','.join(seeds)}"
+    return run(title, cmd, logs / ("finetune.log" if sweep.name == "finetune" else f"finetune-{name}.log"), env)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class Profile:
     text: tuple[str, ...] = ("wikitext2", "news", "wiki_leads")
     nproc: int = 2
     needs_gpu: bool = False
+    parallel_tasks: bool = False  # one finetune sweep per task, all at once (on a GPU the small jobs fit together)
     budget_s: float | None = None  # the wall time the profile promises (checked at the end)
     targets: dict = field(default_factory=dict)  # the self-check (gpu): min_margin, min_margin_over_sd
 
@@ -88,9 +89,9 @@ GPU = Profile(
     ],
     finetune=[
         "engine=gpu",
-        "epochs=3",
-        "global_batch_size=32",
-        "optim.lr=1e-4",
+        "epochs=2",
+        "global_batch_size=64",
+        "optim.lr=2e-4",
         "task.max_seq_len=64",
         "eval.batch_size=512",
         "logger.progress=true",
@@ -98,6 +99,7 @@ GPU = Profile(
     tasks=SUITE,
     nproc=1,
     needs_gpu=True,
+    parallel_tasks=True,
     budget_s=12 * 60,
     targets={"min_margin": 0.05, "min_margin_over_sd": 3.0},
 )

@@ -61,7 +61,7 @@ def unigram_level(data: Path) -> float | None:
 
 def task_results(ft: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for f in sorted(ft.glob("*/results.json")):
+    for f in sorted(ft.rglob("results.json")):
         r = json.loads(f.read_text())
         t = out.setdefault(r["task"], {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0})
         side = "random_init" if r["source"].get("random_init") else "pretrained"
