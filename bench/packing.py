@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pretrain_throughput import bert_tokenizer_dir, prepare_data, run_ours  # noqa: E402
+from pretrain_throughput import prepare_data, run_ours  # noqa: E402
 
 
 def tweets_corpus(cache: Path, n: int = 20000) -> Path:
@@ -52,23 +52,7 @@ def tweets_corpus(cache: Path, n: int = 20000) -> Path:
 
 
 def prepare_tweets(cache: Path, seq_len: int) -> Path:
-    out = cache / f"tweets-{seq_len}"
-    if (out / "manifest.json").is_file():
-        return out
-    from data_prep import prepare
-
-    prepare(
-        {
-            "input": str(tweets_corpus(cache)),
-            "output": str(out),
-            "seq_len": seq_len,
-            "val_fraction": 0.02,
-            "shard_mb": 0.5,
-            "progress": False,
-            "tokenizer": {"path": str(bert_tokenizer_dir())},
-        }
-    )
-    return out
+    return prepare_data(cache, seq_len, tweets_corpus(cache), name="tweets")
 
 
 def main() -> None:

@@ -46,15 +46,16 @@ def bert_tokenizer_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def prepare_data(cache: Path, seq_len: int) -> Path:
-    out = cache / f"wiki-{seq_len}"
+def prepare_data(cache: Path, seq_len: int, corpus: Path | None = None, name: str = "wiki") -> Path:
+    """Shards of ``corpus`` (gensim's Wikipedia dump by default) with the BERT vocabulary, prepared once per cache."""
+    out = cache / f"{name}-{seq_len}"
     if (out / "manifest.json").is_file():
         return out
     from data_prep import prepare
 
     prepare(
         {
-            "input": str(wiki_dump()),
+            "input": str(corpus or wiki_dump()),
             "output": str(out),
             "seq_len": seq_len,
             "val_fraction": 0.02,
