@@ -122,8 +122,9 @@ def report(line: str) -> None:
     """Print ``error: line`` on rank 0; under torchrun every rank also leaves it in the elastic error file."""
     if rank() == 0:
         print(f"error: {line}", file=sys.stderr, flush=True)
+    # Every rank: torchrun names the first rank to fail as the root cause, which need not be rank 0.
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file and rank() == 0:
+    if error_file:
         try:
             # torchrun's own format; its block prints py_callstack as the root cause's "traceback".
             info = {"py_callstack": f"error: {line}", "timestamp": str(int(time.time()))}
