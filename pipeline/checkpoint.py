@@ -13,8 +13,8 @@ DeepSpeed's own ``latest`` file is never written (``save_latest=False``): DeepSp
 before its final barrier, so a crash could leave it naming a partial checkpoint. A folder without ``COMPLETE`` is
 never loaded; it is removed when the next save starts.
 
-Testing aid: ``BERTRUN_PAUSE_IN_SAVE=STEP:SECONDS`` makes rank 0 sleep inside the save of step STEP, after every
-rank has written its files and before ``COMPLETE``, so a test can ``kill -9`` the run inside that window.
+Testing aid: ``BERTRUN_PAUSE_IN_SAVE=STEP:SECONDS[:RELEASE_FILE]`` makes rank 0 sleep inside the save of step STEP,
+after every rank has written its files and before ``COMPLETE``, so a test can ``kill -9`` the run inside that window.
 """
 
 from __future__ import annotations
@@ -90,10 +90,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _pause_for_tests(step: int) -> None:
+    """``STEP:SECONDS[:RELEASE_FILE]``: the pause ends early once RELEASE_FILE exists (a test that needs the window
+    open for as long as another process takes to start, and no longer)."""
     aid = os.environ.get("BERTRUN_PAUSE_IN_SAVE", "")
     if aid and int(aid.split(":")[0]) == step:
         log.warning("BERTRUN_PAUSE_IN_SAVE: pausing inside the save of step %d", step)
-        time.sleep(float(aid.split(":")[1]))
+        parts = aid.split(":", 2)
+        deadline = time.monotonic() + float(parts[1])
+        release = Path(parts[2]) if len(parts) > 2 else None
+        while time.monotonic() < deadline and not (release is not None and release.exists()):
+            time.sleep(0.2)
 
 
 class CheckpointManager:

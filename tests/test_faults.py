@@ -84,9 +84,11 @@ def steps_logged(run_dir: Path) -> list[int]:
 def test_second_run_in_a_live_run_dir_refuses_and_the_first_finishes(synth_data, tmp_path):
     run = tmp_path / "run"
     common = ["global_batch_size=8", "checkpoint.every_steps=3"]
-    first = start(synth_data, run, "max_steps=6", *common, env={"BERTRUN_PAUSE_IN_SAVE": "3:45"})
+    release = tmp_path / "release"  # the first run stays inside its save until the second one has been answered
+    first = start(synth_data, run, "max_steps=6", *common, env={"BERTRUN_PAUSE_IN_SAVE": f"3:600:{release}"})
     wait_for(lambda: (run / "checkpoints" / "step_00000003" / "rank_00000.pt").is_file(), first, "the pause in save")
     second = run_module("pipeline.pretrain", args_for(synth_data, run, "max_steps=8", *common), check=False)
+    release.touch()
     message = second.stdout + second.stderr
     assert second.returncode != 0, message
     assert f"pid {first.pid}" in message and "is in use by a live run" in message, message
