@@ -30,6 +30,16 @@ COMMON = [
     "model.attention_dropout=0",
 ]
 SUBMIT = ["--partition", "debug", "--cpus-per-task", "1", "--time", "15", "--signal-delay", "60"]
+# A Slurm multirun of two-task jobs on the test cluster's partition.
+LAUNCHER = [
+    "-m",
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.tasks_per_node=2",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=15",
+    "hydra.launcher.signal_delay_s=60",
+]
 
 
 def sh(*cmd: str, timeout: int = 60) -> str:
@@ -203,13 +213,7 @@ def test_hydra_multirun_on_slurm_runs_each_point_and_collects_a_table(synth_data
     p = run_module(
         "pipeline.pretrain",
         [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.partition=debug",
-            "hydra.launcher.tasks_per_node=2",
-            "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.timeout_min=15",
-            "hydra.launcher.signal_delay_s=60",
+            *LAUNCHER,
             f"hydra.sweep.dir={sweep}",
             f"data.path={synth_data}",
             *COMMON,

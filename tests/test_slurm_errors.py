@@ -9,19 +9,9 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, child_env, run_module
-from tests.test_slurm import COMMON, SUBMIT, n_nodes, sh, wait_done, wait_for
+from tests.test_slurm import COMMON, LAUNCHER, SUBMIT, n_nodes, sh, wait_done, wait_for
 
 pytestmark = pytest.mark.slurm
-
-LAUNCHER = [
-    "-m",
-    "hydra/launcher=slurm",
-    "hydra.launcher.partition=debug",
-    "hydra.launcher.tasks_per_node=2",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.timeout_min=15",
-    "hydra.launcher.signal_delay_s=60",
-]
 
 
 def jobs_named(name: str) -> list[str]:
