@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, read_metrics, run_module, train_losses
+from tests.finetune_synth import separable
 from tests.wandb_records import config, history
 
 
@@ -119,7 +120,9 @@ def test_zero_stages_give_the_same_losses(synth_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_exact_resume_matches_an_uninterrupted_run(synth_data, tmp_path):
+def test_exact_resume_matches_an_uninterrupted_run_even_from_a_moved_run_dir(synth_data, tmp_path):
+    """Stop at step 7; move the run_dir and take the data away: export and finetune still work from it alone; with
+    the data back in place, the same command on the moved run_dir continues exactly as an uninterrupted run."""
     args = [
         "max_steps=16",
         "global_batch_size=16",
@@ -130,22 +133,71 @@ def test_exact_resume_matches_an_uninterrupted_run(synth_data, tmp_path):
         "checkpoint.keep_last=2",
         "engine.loader_workers=2",
     ]
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
     pretrain(synth_data, tmp_path / "a", *args, nproc=2)
-    pretrain(synth_data, tmp_path / "b", *args, "stop_after_steps=7", nproc=2)
+    # A relative data.path, run from tmp_path: the moved run_dir must not depend on the cwd either.
+    run_module(
+        "pipeline.pretrain",
+        ["data.path=data", f"run_dir={tmp_path / 'b'}", *TINY, *args, "stop_after_steps=7"],
+        nproc=2,
+        cwd=tmp_path,
+    )
     b_steps = train_losses(tmp_path / "b")
     assert max(b_steps) == 7
     # Only the newest k complete checkpoints are kept: step 5 and the stop at step 7.
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*")) == ["step_00000005", "step_00000007"]
-    pretrain(synth_data, tmp_path / "b", *args, nproc=2)  # the same command again: resumes
-    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    kept = json.loads((tmp_path / "b" / "data.json").read_text())
+    assert kept["fingerprint"] == json.loads((data / "manifest.json").read_text())["fingerprint"]
+    assert (tmp_path / "b" / "tokenizer" / "tokenizer.json").is_file()
+
+    elsewhere = tmp_path / "elsewhere"
+    moved = elsewhere / "run"
+    elsewhere.mkdir()
+    shutil.move(tmp_path / "b", moved)
+    shutil.move(data, tmp_path / "data_away")
+    # Export and finetune from the moved run_dir, with no data directory anywhere it could look.
+    run_module("pipeline.export", [f"run_dir={moved}", f"output={elsewhere / 'hf'}"], cwd=elsewhere)
+    from transformers import AutoTokenizer, BertForPreTraining
+
+    _, info = BertForPreTraining.from_pretrained(elsewhere / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert AutoTokenizer.from_pretrained(elsewhere / "hf").cls_token_id == kept["special_ids"]["cls"]
+    files = {}
+    for split, n, seed in (("train", 64, 1), ("validation", 32, 2)):
+        files[split] = elsewhere / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in separable(n, seed)))
+    run_module(
+        "pipeline.finetune",
+        [
+            f"model.path={moved}",
+            "task=custom_classification",
+            f"task.data_files.train={files['train']}",
+            f"task.data_files.validation={files['validation']}",
+            "task.text_columns=[text]",
+            f"run_dir={elsewhere / 'ft'}",
+            "engine=cpu",
+            "logger.progress=false",
+            "max_steps=4",
+            "global_batch_size=16",
+        ],
+        cwd=elsewhere,
+    )
+    assert json.loads((elsewhere / "ft" / "results.json").read_text())["source"]["kind"] == "run_dir"
+
+    # The data back in place (the original relative path), the same command again on the moved run_dir: resumes.
+    shutil.move(tmp_path / "data_away", data)
+    run_module("pipeline.pretrain", ["data.path=data", f"run_dir={moved}", *TINY, *args], nproc=2, cwd=tmp_path)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(moved)
     assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["step"] for r in a if "loss" in r] == list(range(1, 17))
     for ra, rb in zip(a, b):
         for k in ("loss", "mlm_loss", "nsp_loss", "val_loss", "grad_norm", "lr"):
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["step"], k)
         assert ra.get("tokens") == rb.get("tokens")
     # Counters are over all ranks: 16 steps of a global batch of 16.
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["samples"] == 16 * 16
+    assert json.loads((moved / "summary.json").read_text())["samples"] == 16 * 16
 
 
 def test_resume_refuses_other_data(synth_data, tmp_path):
