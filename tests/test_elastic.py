@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from pipeline.pretrain import data as D
 from pipeline.pretrain import elastic
-from tests.conftest import TINY, read_metrics, run_module
+from tests.conftest import TINY, read_metrics, run_module, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,17 @@ def test_resume_on_another_world_size_continues_the_run(
         tail = [r["loss"] for r in read_metrics(run) if "loss" in r and r["step"] > 19]
         assert abs(sum(tail) / 5 - sum(ref_tail) / 5) < 0.1 * sum(ref_tail) / 5, (tail, ref_tail)
         assert read_metrics(run)[-1]["val_loss"] == pytest.approx(read_metrics(ref)[-1]["val_loss"], abs=0.1)
+
+
+def test_zero_stages_give_the_same_losses_without_accumulation(trained):
+    """The 2-rank fp32 first segments of ZeRO 0, 1 and 3 equal the ZeRO-2 reference step by step (no gradient
+    accumulation here: test_pretrain.py compares stages 0, 2 and 3 with it)."""
+    ref = train_losses(trained("ref", "fp32"))
+    for zero in (0, 1, 3):
+        got = train_losses(trained("base", zero, "fp32", 2))
+        assert sorted(got) == list(range(1, 11)), (zero, got)
+        for step, loss in got.items():
+            assert loss == pytest.approx(ref[step], abs=2e-5), (zero, step, got, ref)
 
 
 def test_a_failed_conversion_leaves_the_checkpoint_untouched(trained, epoch_data, tmp_path):

@@ -99,8 +99,11 @@ def test_loss_falls_and_outputs_land_in_run_dir(synth_data, tmp_path):
 
 @pytest.mark.slow
 def test_zero_stages_give_the_same_losses(synth_data, tmp_path):
+    # With gradient accumulation (2 micro-batches per rank): ZeRO-2 and -3 accumulate into partitioned buffers.
+    # ZeRO-1 (DeepSpeed's ZeRO-2 optimizer, gradients not partitioned) is compared without accumulation in
+    # test_elastic.py::test_zero_stages_give_the_same_losses_without_accumulation.
     runs = {}
-    for stage in (0, 1, 2, 3):
+    for stage in (0, 2, 3):
         run = tmp_path / f"z{stage}"
         pretrain(
             synth_data,
@@ -114,7 +117,7 @@ def test_zero_stages_give_the_same_losses(synth_data, tmp_path):
             nproc=2,
         )
         runs[stage] = train_losses(run)
-    for stage in (1, 2, 3):
+    for stage in (2, 3):
         for step, loss in runs[0].items():
             assert runs[stage][step] == pytest.approx(loss, abs=2e-5), (stage, step, runs[stage], runs[0])
 
