@@ -248,19 +248,19 @@ def test_corrupted_shard_is_skipped_and_counted_or_fails_by_name(synth_data, tmp
     assert p.returncode != 0 and "train-000002.tar" in p.stderr
 
 
-def test_nan_steps_are_skipped_then_stop_the_run(synth_data, tmp_path):
+def test_nan_steps_are_skipped_then_stop_the_run_and_the_lean_step_matches_the_previous_one(synth_data, tmp_path):
     run = tmp_path / "run"
-    pretrain(
-        synth_data,
-        run,
-        "max_steps=6",
-        "global_batch_size=8",
-        "nan.inject_at_steps=[3]",
-        "checkpoint.every_steps=1",
-        "checkpoint.keep_last=10",
-    )
+    args = ["max_steps=6", "global_batch_size=16", "engine.micro_batch_size=8", "nan.inject_at_steps=[3]"]
+    pretrain(synth_data, run, *args, "checkpoint.every_steps=1", "checkpoint.keep_last=10")  # the lean step (default)
     recs = {r["step"]: r for r in read_metrics(run) if "loss" in r}
     assert recs[2]["skipped_steps"] == 0 and recs[3]["skipped_steps"] == 1 and recs[6]["skipped_steps"] == 1
+    assert recs[3]["skipped_micro"] == 2
+    # The previous step (non-finite flags and sums read per micro-batch) logs the same numbers.
+    pretrain(synth_data, tmp_path / "prev", *args, "engine.lean_step=false")
+    for step, prev in {r["step"]: r for r in read_metrics(tmp_path / "prev") if "loss" in r}.items():
+        for k in ("loss", "mlm_acc", "nsp_acc", "grad_norm", "tokens", "skipped_steps", "skipped_micro"):
+            if prev.get(k) is not None or recs[step].get(k) is not None:
+                assert recs[step][k] == pytest.approx(prev[k], abs=1e-6), (step, k)
     # The skipped step changed no weight.
     from pipeline.engine import consolidated_state_dict
 
