@@ -92,3 +92,32 @@ TINY = [
     "eval.every_steps=1000",
     "checkpoint.every_steps=1000",
 ]
+
+# Two ranks under torchrun, uninterrupted: what the launchers (submitit local, Slurm jobs) must reproduce.
+TWO_RANKS = [
+    *TINY,
+    "global_batch_size=8",
+    "engine.micro_batch_size=4",
+    "model.hidden_dropout=0",
+    "model.attention_dropout=0",
+]
+
+
+@pytest.fixture(scope="session")
+def torchrun_reference(synth_data, tmp_path_factory):
+    """``torchrun_reference(steps)``: the run_dir of a 2-rank torchrun run of ``TWO_RANKS`` on ``synth_data``, trained
+    once per session and number of steps (tests/test_launch.py and tests/test_slurm.py share them)."""
+    runs: dict[int, Path] = {}
+
+    def get(steps: int) -> Path:
+        if steps not in runs:
+            run = tmp_path_factory.mktemp(f"torchrun{steps}")
+            run_module(
+                "pipeline.pretrain",
+                [f"data.path={synth_data}", f"run_dir={run}", *TWO_RANKS, f"max_steps={steps}"],
+                nproc=2,
+            )
+            runs[steps] = run
+        return runs[steps]
+
+    return get

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from pipeline.pretrain import data as D
 from pipeline.pretrain import elastic
-from tests.conftest import TINY, read_metrics, run_module
+from tests.conftest import TINY, read_metrics, run_module, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -87,29 +87,48 @@ def _epoch_samples(log_base: Path) -> Counter:
     return seen
 
 
+@pytest.fixture(scope="module")
+def trained(epoch_data, tmp_path_factory):
+    """Runs several tests only read, each trained once per module: ``trained("ref", precision)`` the uninterrupted
+    24 steps on 2 ranks; ``trained("base", zero, precision, ranks)`` the first 10 steps (their samples logged)."""
+    root, done = tmp_path_factory.mktemp("trained"), {}
+
+    def get(kind, *key):
+        if (kind, *key) not in done:
+            run = root / "_".join(map(str, (kind, *key)))
+            if kind == "ref":  # ZeRO stages give the same losses (test_pretrain): one reference per precision
+                _train(epoch_data, run, 2, f"engine.precision={key[0]}")
+            else:
+                zero, precision, ranks = key
+                stage = [f"engine.zero_stage={zero}", f"engine.precision={precision}", "stop_after_steps=10"]
+                _train(epoch_data, run, ranks, *stage, env={"BERTRUN_SAMPLE_LOG": str(run) + "-samples"})
+            done[kind, *key] = run
+        return done[kind, *key]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "zero, precision, base_ranks, resume_ranks",
-    [(1, "fp32", 2, (1, 3)), (3, "fp32", 2, (1, 3)), (2, "fp32", 1, (2,)), (0, "fp32", 2, (1,)), (2, "bf16", 2, (1,))],
+    # ZeRO-1 and -2 share DeepSpeed's optimizer: ZeRO-2 runs in the bf16 case; ZeRO-0 fp32 is the unpartitioned path.
+    [(1, "fp32", 2, (1, 3)), (3, "fp32", 2, (1, 3)), (2, "bf16", 1, (2,)), (0, "fp32", 2, (1,))],
 )
 def test_resume_on_another_world_size_continues_the_run(
-    epoch_data, tmp_path, zero, precision, base_ranks, resume_ranks
+    trained, epoch_data, tmp_path, zero, precision, base_ranks, resume_ranks
 ):
     stage = [f"engine.zero_stage={zero}", f"engine.precision={precision}"]
     # Optimizer state partitioned per rank (ZeRO 1-3; bf16's optimizer at any stage) needs the universal form;
     # ZeRO-0 fp32 keeps it whole in the model file, which every rank loads as it is.
     partitioned = zero > 0 or precision == "bf16"
-    ref = tmp_path / "ref"
-    _train(epoch_data, ref, 2, *stage)
+    ref = trained("ref", precision)
     ref_last = read_metrics(ref)[-2]  # the last train record (the val record follows)
-    base = tmp_path / "base"
-    samples = tmp_path / "samples"
-    _train(epoch_data, base, base_ranks, *stage, "stop_after_steps=10", env={"BERTRUN_SAMPLE_LOG": str(samples)})
+    base = trained("base", zero, precision, base_ranks)
     for n in resume_ranks:
         run = tmp_path / f"on{n}"
         shutil.copytree(base, run)
         log = tmp_path / f"samples{n}"
-        for f in tmp_path.glob("samples.rank*"):  # the first 10 steps' samples, then this resume's
+        for f in base.parent.glob(f"{base.name}-samples.rank*"):  # the first 10 steps' samples, then this resume's
             shutil.copy(f, log.with_name(f"{log.name}.{f.name.split('.')[-1]}-base"))
         p = _train(epoch_data, run, n, *stage, env={"BERTRUN_SAMPLE_LOG": str(log)})
         out = p.stdout + p.stderr
@@ -133,12 +152,23 @@ def test_resume_on_another_world_size_continues_the_run(
         assert read_metrics(run)[-1]["val_loss"] == pytest.approx(read_metrics(ref)[-1]["val_loss"], abs=0.1)
 
 
-def test_a_failed_conversion_leaves_the_checkpoint_untouched(epoch_data, tmp_path):
+def test_zero_stages_give_the_same_losses_without_accumulation(trained):
+    """The 2-rank fp32 first segments of ZeRO 0, 1 and 3 equal the ZeRO-2 reference step by step (no gradient
+    accumulation here: test_pretrain.py compares stages 0, 2 and 3 with it)."""
+    ref = train_losses(trained("ref", "fp32"))
+    for zero in (0, 1, 3):
+        got = train_losses(trained("base", zero, "fp32", 2))
+        assert sorted(got) == list(range(1, 11)), (zero, got)
+        for step, loss in got.items():
+            assert loss == pytest.approx(ref[step], abs=2e-5), (zero, step, got, ref)
+
+
+def test_a_failed_conversion_leaves_the_checkpoint_untouched(trained, epoch_data, tmp_path):
     import hashlib
 
     run = tmp_path / "run"
-    _train(epoch_data, run, 2, "engine.zero_stage=1", "stop_after_steps=2")
-    ckpt = run / "checkpoints" / "step_00000002"
+    shutil.copytree(trained("base", 1, "fp32", 2), run)  # ZeRO-1 on 2 ranks, stopped at step 10
+    ckpt = run / "checkpoints" / "step_00000010"
     victim = ckpt / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     victim.write_bytes(victim.read_bytes()[:1000])  # damaged: the converter cannot read it
 

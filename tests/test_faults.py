@@ -81,26 +81,7 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run_dir) if "loss" in r] if f.is_file() else []
 
 
-def test_second_run_in_a_live_run_dir_refuses_and_the_first_finishes(synth_data, tmp_path):
-    run = tmp_path / "run"
-    common = ["global_batch_size=8", "checkpoint.every_steps=3"]
-    release = tmp_path / "release"  # the first run stays inside its save until the second one has been answered
-    first = start(synth_data, run, "max_steps=6", *common, env={"BERTRUN_PAUSE_IN_SAVE": f"3:600:{release}"})
-    wait_for(lambda: (run / "checkpoints" / "step_00000003" / "rank_00000.pt").is_file(), first, "the pause in save")
-    second = run_module("pipeline.pretrain", args_for(synth_data, run, "max_steps=8", *common), check=False)
-    release.touch()
-    message = second.stdout + second.stderr
-    assert second.returncode != 0, message
-    assert f"pid {first.pid}" in message and "is in use by a live run" in message, message
-    assert first.wait(timeout=300) == 0, output(first)
-    # The first run finished alone: each step logged once, its own config, its own final checkpoint.
-    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
-    assert "max_steps: 6" in (run / "config.yaml").read_text()
-    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 6
-    assert (run / "run.lock").read_text() == ""  # released at the end
-
-
-def test_kill_9_inside_a_save_resumes_from_the_previous_checkpoint(synth_data, tmp_path):
+def test_a_second_run_is_refused_and_a_kill_9_inside_a_save_resumes_from_the_previous_checkpoint(synth_data, tmp_path):
     run = tmp_path / "run"
     common = [
         "max_steps=10",
@@ -114,8 +95,16 @@ def test_kill_9_inside_a_save_resumes_from_the_previous_checkpoint(synth_data, t
     p = start(synth_data, run, *common, nproc=2, env={"BERTRUN_PAUSE_IN_SAVE": "8:300"})
     partial = run / "checkpoints" / "step_00000008"
     wait_for(lambda: all((partial / f"rank_{r:05d}.pt").is_file() for r in (0, 1)), p, "step 8's save")
-    time.sleep(1.0)
     holder = json.loads((run / "run.lock").read_text())
+    config = (run / "config.yaml").read_text()
+    # A second run in the live run_dir (another config) is refused, naming the holder, and changes nothing.
+    second = run_module("pipeline.pretrain", args_for(synth_data, run, *common, "max_steps=12"), check=False)
+    message = second.stdout + second.stderr
+    assert second.returncode != 0, message
+    assert f"pid {holder['pid']}" in message and "is in use by a live run" in message, message
+    assert p.poll() is None, output(p)[-4000:]  # the first run is still in its save
+    assert json.loads((run / "run.lock").read_text()) == holder and (run / "config.yaml").read_text() == config
+    assert steps_logged(run) == list(range(1, 9))
     killed = kill_tree(p)
     assert holder["pid"] in killed and len(killed) >= 3  # torchrun, both ranks (and their loader workers)
     # The pointer still names the previous complete checkpoint; the partial one is there but not complete.
@@ -137,6 +126,8 @@ def test_kill_9_inside_a_save_resumes_from_the_previous_checkpoint(synth_data, t
     folders = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     assert folders == ["step_00000008", "step_00000010"]
     assert all((run / "checkpoints" / f / "COMPLETE").is_file() for f in folders)
+    assert "max_steps: 10" in (run / "config.yaml").read_text()
+    assert (run / "run.lock").read_text() == ""  # released at the end
 
 
 def test_kill_9_of_one_rank_ends_the_job_naming_it_and_the_next_run_resumes(synth_data, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from launch.checks import LaunchError, check_slurm_request
 from pipeline.dist import detect, expand_first_host
-from tests.conftest import ROOT, TINY, child_env, run_module, train_losses
+from tests.conftest import ROOT, TINY, TWO_RANKS, child_env, run_module, train_losses
 
 
 def test_detect_reads_slurm_torchrun_and_submitit_local_variables():
@@ -117,16 +117,8 @@ def test_ranks_that_cannot_reach_the_master_fail_with_a_message(synth_data, tmp_
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_runs_two_ranks_like_torchrun(synth_data, tmp_path):
-    common = [
-        f"data.path={synth_data}",
-        *TINY,
-        "max_steps=4",
-        "global_batch_size=8",
-        "engine.micro_batch_size=4",
-        "model.hidden_dropout=0",
-        "model.attention_dropout=0",
-    ]
+def test_submitit_local_executor_runs_two_ranks_like_torchrun(synth_data, torchrun_reference, tmp_path):
+    common = [f"data.path={synth_data}", *TWO_RANKS, "max_steps=6"]  # the torchrun reference's settings
     p = subprocess.run(
         [
             sys.executable,
@@ -149,8 +141,7 @@ def test_submitit_local_executor_runs_two_ranks_like_torchrun(synth_data, tmp_pa
         timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    run_module("pipeline.pretrain", [*common, f"run_dir={tmp_path / 'torchrun'}"], nproc=2)
-    assert train_losses(tmp_path / "local") == pytest.approx(train_losses(tmp_path / "torchrun"), abs=1e-6)
+    assert train_losses(tmp_path / "local") == pytest.approx(train_losses(torchrun_reference(6)), abs=1e-6)
 
 
 def test_submit_needs_a_run_dir():

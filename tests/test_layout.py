@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, TINY, read_metrics, run_module, train_losses
-from tests.finetune_synth import separable
+from tests.conftest import ROOT, run_module
 
 CONF = ROOT / "conf"
 
@@ -124,65 +121,5 @@ def test_the_format_module_does_not_import_the_corpus_readers():
     assert out.strip() == "[]"
 
 
-@pytest.mark.slow
-def test_a_moved_run_dir_exports_and_finetunes_without_its_data_and_resumes_with_it(tmp_path):
-    """Pretrain; move the run_dir and delete the data: export and finetune still work; with the data back in place,
-    resuming the moved run_dir continues exactly as an uninterrupted run."""
-    from tests.synth import make_shards
-
-    data = make_shards(tmp_path / "data", [300, 200], [64], seq_len=64)
-    args = [*TINY, "max_steps=8", "global_batch_size=8", "checkpoint.every_steps=4", "optim.lr=1e-3"]
-    # A relative data.path, run from the repository: the moved run_dir must not depend on the cwd either.
-    run_module("pipeline.pretrain", ["data.path=data", f"run_dir={tmp_path / 'a'}", *args], cwd=tmp_path)
-    run_module(
-        "pipeline.pretrain",
-        ["data.path=data", f"run_dir={tmp_path / 'b'}", *args, "stop_after_steps=4"],
-        cwd=tmp_path,
-    )
-    kept = json.loads((tmp_path / "b" / "data.json").read_text())
-    assert kept["fingerprint"] == json.loads((data / "manifest.json").read_text())["fingerprint"]
-    assert (tmp_path / "b" / "tokenizer" / "tokenizer.json").is_file()
-
-    moved = tmp_path / "elsewhere" / "run"
-    moved.parent.mkdir()
-    shutil.move(tmp_path / "b", moved)
-    shutil.move(data, tmp_path / "data_away")
-    elsewhere = tmp_path / "elsewhere"
-
-    # Export and finetune from the moved run_dir, with no data directory anywhere it could look.
-    run_module("pipeline.export", [f"run_dir={moved}", f"output={elsewhere / 'hf'}"], cwd=elsewhere)
-    from transformers import AutoTokenizer, BertForPreTraining
-
-    _, info = BertForPreTraining.from_pretrained(elsewhere / "hf", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert AutoTokenizer.from_pretrained(elsewhere / "hf").cls_token_id == kept["special_ids"]["cls"]
-    files = {}
-    for split, n, seed in (("train", 64, 1), ("validation", 32, 2)):
-        path = elsewhere / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in separable(n, seed)))
-        files[split] = path
-    run_module(
-        "pipeline.finetune",
-        [
-            f"model.path={moved}",
-            "task=custom_classification",
-            f"task.data_files.train={files['train']}",
-            f"task.data_files.validation={files['validation']}",
-            "task.text_columns=[text]",
-            f"run_dir={elsewhere / 'ft'}",
-            "engine=cpu",
-            "logger.progress=false",
-            "max_steps=4",
-            "global_batch_size=16",
-        ],
-        cwd=elsewhere,
-    )
-    assert json.loads((elsewhere / "ft" / "results.json").read_text())["source"]["kind"] == "run_dir"
-
-    # The data back in place (the original relative path): the moved run_dir resumes exactly.
-    shutil.move(tmp_path / "data_away", data)
-    run_module("pipeline.pretrain", ["data.path=data", f"run_dir={moved}", *args], cwd=tmp_path)
-    a, b = train_losses(tmp_path / "a"), train_losses(moved)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    assert all(b[s] == pytest.approx(a[s], abs=1e-6) for s in a)
-    assert read_metrics(moved)[-1].get("tokens") == read_metrics(tmp_path / "a")[-1].get("tokens")
+# A run_dir that stands alone (moved, its data gone: export and finetune; the data back: exact resume) is checked
+# in tests/test_pretrain.py::test_exact_resume_matches_an_uninterrupted_run_even_from_a_moved_run_dir.

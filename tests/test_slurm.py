@@ -15,20 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, child_env, read_metrics, run_module, train_losses
+from tests.conftest import ROOT, TWO_RANKS, child_env, read_metrics, run_module, train_losses
 
 pytestmark = pytest.mark.slurm
 
 if not shutil.which("sinfo"):
     pytest.skip("no Slurm here: start one with bash tests/cluster/slurm_up.sh", allow_module_level=True)
 
-COMMON = [
-    *TINY,
-    "global_batch_size=8",
-    "engine.micro_batch_size=4",
-    "model.hidden_dropout=0",
-    "model.attention_dropout=0",
-]
+COMMON = TWO_RANKS  # as the torchrun reference (conftest.torchrun_reference)
 SUBMIT = ["--partition", "debug", "--cpus-per-task", "1", "--time", "15", "--signal-delay", "60"]
 # A Slurm multirun of two-task jobs on the test cluster's partition.
 LAUNCHER = [
@@ -107,16 +101,9 @@ def logs(run_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(synth_data, tmp_path_factory) -> dict:
+def reference(torchrun_reference) -> dict:
     """The same 2-rank run under torchrun, uninterrupted: what every Slurm variant must reproduce."""
-    out = {}
-    for steps in (6, 120):
-        run = tmp_path_factory.mktemp(f"ref{steps}")
-        run_module(
-            "pipeline.pretrain", [f"data.path={synth_data}", f"run_dir={run}", *COMMON, f"max_steps={steps}"], nproc=2
-        )
-        out[steps] = read_metrics(run)
-    return out
+    return {steps: read_metrics(torchrun_reference(steps)) for steps in (6, 120)}
 
 
 def assert_same_run(run_dir: Path, ref: list[dict]) -> None:
