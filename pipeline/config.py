@@ -56,6 +56,9 @@ class EngineConfig:
     prefetch_factor: int = 4
     activation_checkpointing: bool = False
     compile: bool = False
+    # torch.compile's backend: inductor (default); aot_eager or eager trace with dynamo (same graphs and recompile
+    # guards) without inductor's code generation, for debugging a compile problem.
+    compile_backend: str = "inductor"
     # Losses, counts and the non-finite flags stay on the device through the accumulation window and are read once
     # per step; false: the previous step (a host sync per micro-batch), kept for benchmarks.
     lean_step: bool = True

@@ -157,7 +157,7 @@ class Engine:
         if engine_cfg.compile:
             # The model's forward only: DeepSpeed's own forward and hooks read Python counters that change every
             # step (its throughput timer, ZeRO's backward flags), and dynamo would guard on them and recompile.
-            self.module.forward = torch.compile(self.module.forward)
+            self.module.forward = torch.compile(self.module.forward, backend=engine_cfg.compile_backend)
         self._forward = self.ds
         self._zero_grads = False  # previous step: a host flag
         self._bad = None  # lean step: a device flag (bool scalar) for the current micro-batch
