@@ -1,8 +1,8 @@
 """The main job's profiles: the stages' overrides for each budget (``python -m launch.demo profile=NAME``).
 
-- ``cpu`` (default): 2 cores, 9 minutes measured after the downloads (15 at most): bert-tiny, 1,200 steps (4.9M tokens), the recipe
-  search's pick (bench/README.md). It leaves the frequent-token plateau (validation MLM accuracy about 0.12 against
-  0.048), but finetuned it does worse than random init: the headline says so.
+- ``cpu`` (default): 2 cores, 9 minutes measured after the downloads (15 at most): bert-tiny, 1,200 steps (4.9M
+  tokens), the recipe search's pick (bench/README.md). It leaves the frequent-token plateau (validation MLM accuracy
+  0.13 against 0.045), but finetuned it does worse than random init (-4 points): the headline says so.
 - ``quality``: the same on the CPU, pretraining 8,000 steps (29M tokens, about 40-50 minutes on 2 cores): NSP leaves
   the majority level and the downstream gap to random init is the smallest measured (-0.04 on Rotten Tomatoes, from
   -0.12 at 2,000 steps), not yet closed. The longest budget measured here (bench/README.md).
