@@ -70,7 +70,9 @@ def finetune(
 
 
 def spread(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.3f} +- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
+    from launch.collect import seed_sd
+
+    return f"{statistics.median(xs):.3f} +- {seed_sd(xs):.3f}"
 
 
 def main() -> None:
@@ -86,7 +88,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, help="a data_prep output (default: prepared under --work)")
     p.add_argument("--run-dir", type=Path, help="an existing pretraining run to evaluate (no pretraining)")
     a, extra = p.parse_known_args()
-    from bench.cpu_recipe import prepare
+    from bench.cpu_recipe import prepare, read_run
     from data_prep.fetch import fetch_one
     from launch.demo_summary import welch_ci
 
@@ -100,11 +102,9 @@ def main() -> None:
         t = time.perf_counter()
         pretrain(a.data or prepare(a.work), run_dir, a.steps, a.every, extra, e)
         t_pre = time.perf_counter() - t
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    recs, rate = read_run(run_dir)
     val = {r["step"]: r for r in recs if "val_mlm_acc" in r}
     train = {r["step"]: r for r in recs if "tokens" in r}
-    rates = sorted(r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s"))
-    rate = rates[len(rates) // 2] if rates else None
     ckpts = sorted(
         int(d.name.removeprefix("step_")) for d in (run_dir / "checkpoints").glob("step_*") if (d / "COMPLETE").exists()
     )

@@ -54,10 +54,16 @@ def run(name: str, overrides: list[str], data: Path, work: Path, steps: int, eve
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.pretrain", *args], check=True, env=env, capture_output=True)
     wall = time.perf_counter() - t
+    recs, rate = read_run(run_dir)
+    curve = [(r["step"], r["val_mlm_acc"], r["val_nsp_acc"]) for r in recs if "val_mlm_acc" in r]
+    return {"wall_s": wall, "tokens_per_s": rate, "curve": curve}
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], float]:
+    """A pretraining run's metrics.jsonl records and its median tokens/s (0 before the first logged step)."""
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rates = sorted(r["tokens_per_s"] for r in recs if r.get("tokens_per_s"))
-    curve = [(r["step"], r["val_mlm_acc"], r["val_nsp_acc"]) for r in recs if "val_mlm_acc" in r]
-    return {"wall_s": wall, "tokens_per_s": rates[len(rates) // 2] if rates else 0.0, "curve": curve}
+    return recs, rates[len(rates) // 2] if rates else 0.0
 
 
 def main() -> None:

@@ -82,6 +82,11 @@ def pretrain_rows(sweep: Path) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def seed_sd(xs: list[float]) -> float:
+    """The spread over seeds: the sample stdev, 0 for a single seed."""
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def _num(v) -> float | None:
     return float(v) if isinstance(v, int | float) and v == v else None  # None and NaN (undefined) are left out
 
@@ -107,7 +112,7 @@ def finetune_rows(sweep: Path) -> tuple[list[str], list[list]]:
         lr = max(sorted(runs[task]), key=lambda k: statistics.median(m for m, _ in runs[task][k]))
         mains = [m for m, _ in runs[task][lr]]
         score = statistics.median(s for _, s in runs[task][lr])
-        spread = statistics.stdev(mains) if len(mains) > 1 else 0.0
+        spread = seed_sd(mains)
         median = statistics.median(mains)
         rows.append(
             [task, metric_name[task], lr, len(runs[task]), len(mains), median, spread, min(mains), max(mains), score]
@@ -141,9 +146,7 @@ def suite_rows(results: list[dict]) -> tuple[list[str], list[list]] | None:
         if not pre or not rnd:
             continue
         mp, mr = statistics.median(pre), statistics.median(rnd)
-        sp = statistics.stdev(pre) if len(pre) > 1 else 0.0
-        sr = statistics.stdev(rnd) if len(rnd) > 1 else 0.0
-        rows.append([task, metric_name[task], f"{len(pre)}/{len(rnd)}", mp, sp, mr, sr, mp - mr])
+        rows.append([task, metric_name[task], f"{len(pre)}/{len(rnd)}", mp, seed_sd(pre), mr, seed_sd(rnd), mp - mr])
     if rows:
         avg = [statistics.mean(r[i] for r in rows) for i in (3, 5)]
         rows.append(["average", "", "", avg[0], "", avg[1], "", avg[0] - avg[1]])

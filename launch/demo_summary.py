@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_prep.format import decode_ids
+from launch.collect import seed_sd
 
 
 def welch_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -71,7 +72,7 @@ def task_results(ft: Path) -> dict[str, dict]:
         for side in ("pretrained", "random_init"):
             v = t[side]
             t[f"{side}_median"] = statistics.median(v) if v else math.nan
-            t[f"{side}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+            t[f"{side}_sd"] = seed_sd(v)
         if t["pretrained"] and t["random_init"]:
             t["difference"], t["ci_low"], t["ci_high"] = welch_ci(t["pretrained"], t["random_init"])
     return out

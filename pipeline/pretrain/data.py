@@ -1,4 +1,5 @@
-"""Reading data_prep's shards for pretraining: an exact, resumable epoch plan; dynamic masking; padding per batch.
+"""Reading data_prep's shards for pretraining: an exact, resumable epoch plan; masking (masking.py)
+and padding per batch.
 
 The plan (why not webdataset's ``split_by_node``): the manifest knows how many samples each shard holds, so every
 rank can compute the same plan with no communication. Each epoch, shards are shuffled (seeded by epoch) and
