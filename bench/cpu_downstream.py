@@ -4,7 +4,8 @@ real labelled set over seeds. Prints one table: step, tokens, pretraining minute
 finetuned accuracy (median and spread over seeds), and the difference to random init with its 95% Welch interval.
 
     python bench/cpu_downstream.py [--steps 8000] [--every 1000] [--task rotten_tomatoes] [--seeds 1,2,3]
-                                   [--run-dir DIR] [--at 1000,4000,8000] [--threads 1] [pretrain overrides...]
+                                   [--run-dir DIR] [--at 1000,4000,8000] [--threads 1] [--train-samples N]
+                                   [--ft epochs=3 ...] [pretrain overrides...]
 
 --run-dir reuses a finished (or still running) pretraining run: only its complete checkpoints are evaluated.
 The recipe defaults to the CPU profile's (launch/demo_profiles.py). Numbers only; the machine is shared, so read the
@@ -84,6 +85,7 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-samples", type=int, help="finetune on the first N training examples only")
+    p.add_argument("--ft", action="append", default=[], help="a finetune override for both arms (repeatable): epochs=3")
     p.add_argument("--work", type=Path, default=Path("/tmp/bertrun-cpu-downstream"))
     p.add_argument("--data", type=Path, help="a data_prep output (default: prepared under --work)")
     p.add_argument("--run-dir", type=Path, help="an existing pretraining run to evaluate (no pretraining)")
@@ -111,9 +113,11 @@ def main() -> None:
     if a.at:
         ckpts = [s for s in ckpts if s in {int(x) for x in a.at.split(",")}]
     seeds = [int(s) for s in a.seeds.split(",")]
-    ft_extra = [f"max_train_samples={a.train_samples}"] if a.train_samples else []
-    ft = a.work / (f"finetune-n{a.train_samples}" if a.train_samples else "finetune")
+    ft_extra = ([f"max_train_samples={a.train_samples}"] if a.train_samples else []) + a.ft
+    slug = ([f"n{a.train_samples}"] if a.train_samples else []) + [o.replace("=", "") for o in a.ft]
+    ft = a.work / "-".join(["finetune", *slug])
     n = f", first {a.train_samples} training examples" if a.train_samples else ""
+    n += f", finetune {' '.join(a.ft)}" if a.ft else ""
     print(f"run {run_dir}: median {rate or 0:.0f} tokens/s, {a.threads} thread(s); task {a.task}{n}, seeds {seeds}")
     base = [finetune(run_dir, ckpts[-1], True, s, a.task, ft / f"random-s{s}", e, ft_extra) for s in seeds]
     print(f"random init: {spread(base)} ({', '.join(f'{x:.3f}' for x in base)})")

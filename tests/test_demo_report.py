@@ -117,6 +117,24 @@ def test_gpu_profile_checks_its_targets():
     assert not all(dict(self_check({"a": win}, GPU.targets, 13 * 60, GPU.budget_s)).values())
 
 
+@pytest.mark.parametrize("name", ["cpu", "quality", "gpu"])
+def test_every_profile_composes_for_every_stage(name):
+    """A profile's overrides are only read when the main job runs it: a typo in the hour-long quality profile or the
+    GPU one would otherwise surface on the user's machine, after the downloads."""
+    from launch.demo import check_configs
+    from launch.demo_profiles import CPU, PROFILES, QUALITY
+
+    prof = PROFILES[name]
+    engine = [] if any(o.startswith("engine=") for o in prof.pretrain) else ["engine=cpu"]
+    pretrain = ["data.path=data", "run_dir=run", *engine, *prof.pretrain]
+    finetunes = [[f"task={t}", "model.path=hf", *engine, *prof.finetune] for t in prof.tasks]
+    check_configs(["input=x", "output=data", *prof.prep], pretrain, finetunes, prof.nproc)
+    # quality is the cpu profile with a longer pretraining and 3 finetuning epochs, nothing else (bench/README.md)
+    longer = {o.split("=")[0]: o for o in QUALITY.pretrain} | {o.split("=")[0]: o for o in QUALITY.finetune}
+    assert longer["max_steps"] == "max_steps=16000" and longer["epochs"] == "epochs=3"
+    assert [o for o in QUALITY.finetune if o != "epochs=3"] == [o for o in CPU.finetune if o != "epochs=1"]
+
+
 def test_demo_refuses_a_typo_before_any_work(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "launch.demo", f"out={tmp_path / 'd'}", "pretrain:optim.lrr=1"],
