@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 
@@ -70,6 +69,7 @@ def main() -> None:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from bench.cpu_downstream import spread
     from data_prep.fetch import fetch_one
     from pipeline.finetune.model import materialize, resolve_source
 
@@ -96,10 +96,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for li in range(len(pre)):
         for k, name in enumerate(("mean", "cls")):
-            r = [x[li][k] for x in rand]
-            sd = statistics.stdev(r) if len(r) > 1 else 0.0
-            med = statistics.median(r)
-            print(f"| {li} | {name} | {pre[li][k]:.3f} | {med:.3f} +- {sd:.3f} | {pre[li][k] - med:+.3f} |")
+            r = sorted(x[li][k] for x in rand)
+            print(f"| {li} | {name} | {pre[li][k]:.3f} | {spread(r)} | {pre[li][k] - r[len(r) // 2]:+.3f} |")
 
 
 if __name__ == "__main__":

@@ -122,14 +122,19 @@ def test_every_profile_composes_for_every_stage(name):
     """A profile's overrides are only read when the main job runs it: a typo in the hour-long quality profile or the
     GPU one would otherwise surface on the user's machine, after the downloads."""
     from launch.demo import check_configs
-    from launch.demo_profiles import CPU, PROFILES, QUALITY
+    from launch.demo_profiles import PROFILES
 
     prof = PROFILES[name]
     engine = [] if any(o.startswith("engine=") for o in prof.pretrain) else ["engine=cpu"]
     pretrain = ["data.path=data", "run_dir=run", *engine, *prof.pretrain]
     finetunes = [[f"task={t}", "model.path=hf", *engine, *prof.finetune] for t in prof.tasks]
     check_configs(["input=x", "output=data", *prof.prep], pretrain, finetunes, prof.nproc)
-    # quality is the cpu profile with a longer pretraining and 3 finetuning epochs, nothing else (bench/README.md)
+
+
+def test_quality_is_the_cpu_profile_pretrained_longer_and_finetuned_3_epochs():
+    """What bench/README.md measured (+1.3 points at 16,000 steps, 3 epochs) is what profile=quality runs."""
+    from launch.demo_profiles import CPU, QUALITY
+
     longer = {o.split("=")[0]: o for o in QUALITY.pretrain} | {o.split("=")[0]: o for o in QUALITY.finetune}
     assert longer["max_steps"] == "max_steps=16000" and longer["epochs"] == "epochs=3"
     assert [o for o in QUALITY.finetune if o != "epochs=3"] == [o for o in CPU.finetune if o != "epochs=1"]
