@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
 from pathlib import Path
 
@@ -96,8 +97,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for li in range(len(pre)):
         for k, name in enumerate(("mean", "cls")):
-            r = sorted(x[li][k] for x in rand)
-            print(f"| {li} | {name} | {pre[li][k]:.3f} | {spread(r)} | {pre[li][k] - r[len(r) // 2]:+.3f} |")
+            r = [x[li][k] for x in rand]
+            diff = pre[li][k] - statistics.median(r)
+            print(f"| {li} | {name} | {pre[li][k]:.3f} | {spread(r)} | {diff:+.3f} |")
 
 
 if __name__ == "__main__":
