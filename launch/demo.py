@@ -31,6 +31,7 @@ from pathlib import Path
 
 from launch.demo_profiles import PROFILES
 from launch.demo_summary import headline
+from pipeline.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache")
@@ -106,9 +107,22 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     return dt
 
 
-def check_configs(prep: list[str], pretrain: list[str], finetunes: list[list[str]], nproc: int = 1) -> None:
-    """Compose and check every stage's config before any work (the checks launch.submit runs: pipeline/preflight.py):
-    a misspelt key or preset, or a pretraining batch that does not split over nproc ranks, fails here in one line."""
+def stage_args(prof, out: Path, extra: dict[str, list[str]], cuda: bool) -> dict[str, list[str]]:
+    """Each stage's arguments (prep, pretrain, finetune): its paths under ``out``, the engine preset (the profile's
+    own, else the one this machine runs), the profile's overrides, then the user's ``STAGE:key=value`` ones."""
+    engine = [] if any(a.startswith("engine=") for a in prof.pretrain) else [f"engine={'gpu' if cuda else 'cpu'}"]
+    data = out / "data"
+    return {
+        "prep": [f"output={data}", *prof.prep, *extra["prep"]],
+        "pretrain": [f"data.path={data}", f"run_dir={out / 'pretrain'}", *engine, *prof.pretrain, *extra["pretrain"]],
+        "finetune": [f"model.path={out / 'hf'}", *engine, *prof.finetune, *extra["finetune"]],
+    }
+
+
+def check_configs(args: dict[str, list[str]], tasks: list[str], nproc: int = 1) -> None:
+    """Compose and check every stage's config (``stage_args``, one finetune per task) before any work (the checks
+    launch.submit runs: pipeline/preflight.py): a misspelt key or preset, or a pretraining batch that does not split
+    over nproc ranks, fails here in one line."""
     from hydra import compose, initialize_config_dir
 
     import data_prep.config  # noqa: F401 - registers data_prep_schema
@@ -118,10 +132,11 @@ def check_configs(prep: list[str], pretrain: list[str], finetunes: list[list[str
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         try:
-            compose(config_name="data_prep", overrides=prep)
+            compose(config_name="data_prep", overrides=["input=x", *args["prep"]])
         except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
             raise SystemExit(f"error: prep: {one_line(e) or e}") from e
-    jobs = [("pretrain", pretrain, nproc), *(("finetune", f, 1) for f in finetunes)]  # finetune: 1 process
+    finetunes = [("finetune", [f"task={t}", *args["finetune"]], 1) for t in tasks]  # finetune: 1 process
+    jobs = [("pretrain", args["pretrain"], nproc), *finetunes]
     for name, overrides, world in jobs:
         try:
             check_job(name, overrides, world)
@@ -163,16 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
     data, pre, hf, ft = out / "data", out / "pretrain", out / "hf", out / "finetune"
-    # The profile's own engine preset wins; otherwise the one this machine can run.
-    engine = (
-        []
-        if any(a.startswith("engine=") for a in prof.pretrain)
-        else ["engine=gpu" if torch.cuda.is_available() else "engine=cpu"]
-    )
-    prep_args = [f"output={data}", *prof.prep, *o["prep"]]
-    pre_args = [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *o["pretrain"]]
-    ft_args = [f"model.path={hf}", *engine, *prof.finetune, *o["finetune"]]
-    check_configs(["input=x", *prep_args], pre_args, [[f"task={t}", *ft_args] for t in tasks], nproc)
+    args = stage_args(prof, out, o, torch.cuda.is_available())
+    prep_args, pre_args, ft_args = args["prep"], args["pretrain"], args["finetune"]
+    check_configs(args, tasks, nproc)
     t_fetch = time.perf_counter()
     inputs = fetch_data(o, real)
     timings = {"fetch": time.perf_counter() - t_fetch}
@@ -186,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             logs / "data_prep.log",
         )
     launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        # A free port, not torchrun's default 29500: two main jobs (or a test beside one) on a machine do not collide.
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
         if nproc > 1
         else [sys.executable]
     )

@@ -46,8 +46,8 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
     from transformers import BertForPreTraining
 
     from pipeline.engine import consolidated_state_dict
-    from pipeline.pretrain.data import RUN_TOKENIZER, run_data
     from pipeline.pretrain.model import bert_config
+    from pipeline.pretrain.shards import RUN_TOKENIZER, run_data
 
     run_dir = Path(run_dir)
     ckpt_root, tag = find_checkpoint(run_dir, step)

@@ -15,4 +15,6 @@ else
   bash tests/cluster/slurm_up.sh
 fi
 .venv/bin/python -m ruff check .
-.venv/bin/python -m pytest "${marker[@]}" "$@"
+# Two workers (BERTRUN_TEST_WORKERS=0 runs serially): most tests spend part of their time in one process or waiting on
+# Slurm, so on 2 cores two at once finish sooner; conftest.py keeps each module, and the Slurm tests, on one worker.
+.venv/bin/python -m pytest -n "${BERTRUN_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "${marker[@]}" "$@"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dist import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Tests run on 2 cores: one intra-op thread per process keeps 2-rank runs from fighting over them.
@@ -45,7 +47,7 @@ def run_module(
             "--nproc_per_node",
             str(nproc),
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             module,
             *args,
@@ -58,14 +60,6 @@ def run_module(
             f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-8000:]}"
         )
     return p
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -121,3 +115,24 @@ def torchrun_reference(synth_data, tmp_path_factory):
         return runs[steps]
 
     return get
+
+
+# Tests that share one machine-wide resource run on one pytest-xdist worker: the Slurm cluster (its two nodes), and
+# test_launch.py, which shares the torchrun reference run with test_slurm.py.
+_SHARED_WORKER = {"test_slurm.py": "slurm", "test_slurm_errors.py": "slurm", "test_launch.py": "slurm"}
+# The longest groups, longest first (from CI's --durations output); the others follow in collection order.
+_LONGEST = ("slurm", "test_pretrain", "test_finetune", "test_elastic", "test_demo_report", "test_packing",
+            "test_faults")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """For ``pytest -n 2 --dist loadgroup --no-loadscope-reorder`` (scripts/test.sh): each module runs whole on one
+    worker, so its module fixtures (trained runs) are made once, and the longest groups go out first, so the two
+    workers end near each other. A serial run keeps the order within each module."""
+    groups: dict[str, list] = {}
+    for item in items:
+        name = _SHARED_WORKER.get(item.path.name, item.path.stem)
+        item.add_marker(pytest.mark.xdist_group(name))
+        groups.setdefault(name, []).append(item)
+    rank = {name: i for i, name in enumerate(_LONGEST)}
+    items[:] = [it for name in sorted(groups, key=lambda n: rank.get(n, len(rank))) for it in groups[name]]

@@ -7,6 +7,7 @@ import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,14 +122,12 @@ def test_gpu_profile_checks_its_targets():
 def test_every_profile_composes_for_every_stage(name):
     """A profile's overrides are only read when the main job runs it: a typo in the hour-long quality profile or the
     GPU one would otherwise surface on the user's machine, after the downloads."""
-    from launch.demo import check_configs
+    from launch.demo import check_configs, stage_args
     from launch.demo_profiles import PROFILES
 
     prof = PROFILES[name]
-    engine = [] if any(o.startswith("engine=") for o in prof.pretrain) else ["engine=cpu"]
-    pretrain = ["data.path=data", "run_dir=run", *engine, *prof.pretrain]
-    finetunes = [[f"task={t}", "model.path=hf", *engine, *prof.finetune] for t in prof.tasks]
-    check_configs(["input=x", "output=data", *prof.prep], pretrain, finetunes, prof.nproc)
+    args = stage_args(prof, Path("out"), {"prep": [], "pretrain": [], "finetune": []}, cuda=False)
+    check_configs(args, list(prof.tasks), prof.nproc)
 
 
 def test_quality_is_the_cpu_profile_pretrained_longer_and_finetuned_3_epochs():

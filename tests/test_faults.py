@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, TINY, _free_port, child_env, read_metrics, run_module
+from pipeline.dist import free_port
+from tests.conftest import ROOT, TINY, child_env, read_metrics, run_module
 
 
 def args_for(data, run_dir, *extra) -> list[str]:
@@ -23,7 +24,7 @@ def args_for(data, run_dir, *extra) -> list[str]:
 
 def start(data, run_dir, *extra, nproc=1, env=None) -> subprocess.Popen:
     """A pretraining run in the background (its own session, so a kill of its tree spares pytest)."""
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     cmd = [sys.executable, *(launcher if nproc > 1 else []), "-m", "pipeline.pretrain"]
     log = open(Path(run_dir).parent / f"{Path(run_dir).name}-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
     p = subprocess.Popen(

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.pretrain import data as D
+from pipeline.pretrain.shards import verify_shards
 
 
 def streams(spec, rank=0, world=1, w=1, mbs=8, epoch=0, start=0, seed=3, shuffle=True, block=32, tag=0, buckets=False):
@@ -137,10 +138,10 @@ def test_truncated_shard_is_skipped_or_named(synth_data, tmp_path):
     victim = data / "train-000001.tar"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     spec = D.load_data_spec(data)
-    assert D.verify_shards(spec, "size", "skip") == ["train-000001.tar"]
+    assert verify_shards(spec, "size", "skip") == ["train-000001.tar"]
     assert [s.name for s in spec.train] == ["train-000000.tar", "train-000002.tar"]
     with pytest.raises(D.DataError, match="train-000001.tar"):
-        D.verify_shards(D.load_data_spec(data), "size", "error")
+        verify_shards(D.load_data_spec(data), "size", "error")
 
 
 def test_corrupt_bytes_inside_a_shard_are_counted_not_fatal(synth_data, tmp_path):
@@ -151,12 +152,12 @@ def test_corrupt_bytes_inside_a_shard_are_counted_not_fatal(synth_data, tmp_path
     raw[len(raw) // 2 : len(raw) // 2 + 4096] = b"\x00" * 4096  # same size: only sha256 catches it up front
     victim.write_bytes(bytes(raw))
     spec = D.load_data_spec(data)
-    assert D.verify_shards(spec, "size", "skip") == []
+    assert verify_shards(spec, "size", "skip") == []
     ds = streams(spec, shuffle=False)
     got = batches(ds)
     assert len(got) == ds.batches_per_epoch  # same number of batches as planned: ranks cannot hang
     assert sum(b["meta"]["bad_samples"] for b in got) > 0  # the bad samples were counted
-    assert D.verify_shards(D.load_data_spec(data), "sha256", "skip") == ["train-000000.tar"]
+    assert verify_shards(D.load_data_spec(data), "sha256", "skip") == ["train-000000.tar"]
 
 
 def test_missing_data_gives_a_clear_error(tmp_path):

@@ -17,6 +17,7 @@ from pipeline.pretrain import data as D
 from pipeline.pretrain.elastic import note_layout
 from pipeline.pretrain.model import build_model, flops_per_token
 from pipeline.pretrain.packing import PackingCollator
+from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
 from pipeline.run import RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,9 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     # Process group, shards, the run_dir's own copy of what it needs of the data, model, engine, resume.
     device = init_process_group(env, cfg.engine)
     lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
-    D.verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
+    verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
     if env.rank == 0:
-        D.keep_in_run_dir(spec, run_dir)
+        keep_in_run_dir(spec, run_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.vocab_size, spec.special_ids["pad"])
     state = TrainState(world_size=env.world_size, streams_per_rank=streams, micro_batch=plan.micro_batch)
