@@ -107,15 +107,14 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     return dt
 
 
-def stage_args(prof, out: Path, extra: dict[str, list[str]], cuda: bool) -> dict[str, list[str]]:
-    """Each stage's arguments (prep, pretrain, finetune): its paths under ``out``, the engine preset (the profile's
-    own, else the one this machine runs), the profile's overrides, then the user's ``STAGE:key=value`` ones."""
+def stage_args(prof, data: Path, pre: Path, hf: Path, extra: dict[str, list[str]], cuda: bool) -> dict[str, list[str]]:
+    """Each stage's arguments (prep, pretrain, finetune): its paths (shards, run_dir, export), the engine preset (the
+    profile's own, else the one this machine runs), the profile's overrides, then the user's ``STAGE:key=value``."""
     engine = [] if any(a.startswith("engine=") for a in prof.pretrain) else [f"engine={'gpu' if cuda else 'cpu'}"]
-    data = out / "data"
     return {
         "prep": [f"output={data}", *prof.prep, *extra["prep"]],
-        "pretrain": [f"data.path={data}", f"run_dir={out / 'pretrain'}", *engine, *prof.pretrain, *extra["pretrain"]],
-        "finetune": [f"model.path={out / 'hf'}", *engine, *prof.finetune, *extra["finetune"]],
+        "pretrain": [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *extra["pretrain"]],
+        "finetune": [f"model.path={hf}", *engine, *prof.finetune, *extra["finetune"]],
     }
 
 
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
     data, pre, hf, ft = out / "data", out / "pretrain", out / "hf", out / "finetune"
-    args = stage_args(prof, out, o, torch.cuda.is_available())
+    args = stage_args(prof, data, pre, hf, o, torch.cuda.is_available())
     prep_args, pre_args, ft_args = args["prep"], args["pretrain"], args["finetune"]
     check_configs(args, tasks, nproc)
     t_fetch = time.perf_counter()

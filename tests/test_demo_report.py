@@ -126,7 +126,8 @@ def test_every_profile_composes_for_every_stage(name):
     from launch.demo_profiles import PROFILES
 
     prof = PROFILES[name]
-    args = stage_args(prof, Path("out"), {"prep": [], "pretrain": [], "finetune": []}, cuda=False)
+    none = {"prep": [], "pretrain": [], "finetune": []}
+    args = stage_args(prof, Path("data"), Path("run"), Path("hf"), none, cuda=False)
     check_configs(args, list(prof.tasks), prof.nproc)
 
 
