@@ -63,7 +63,8 @@ def make_corpora(work: str, copies: int) -> dict[str, dict]:
         corpora[f"wiki-{copies}x"] = {"input": paths, "xml_bytes": total}
     # The plain text data_prep extracts, one document per JSONL line.
     from data_prep.config import DataPrepConfig
-    from data_prep.sources import ReadStats, expand_inputs, read_documents
+    from data_prep.readers import ReadStats, read_documents
+    from data_prep.sources import expand_inputs
     from data_prep.wiki import wikitext_to_text
 
     base = []

@@ -33,8 +33,9 @@ from data_prep.config import (
 )
 from data_prep.format import ids_dtype
 from data_prep.manifest import PARTS, MergeError, merge, part_path
+from data_prep.readers import WIKI, ReadStats, Source, read_documents
 from data_prep.shards import DONE, sidecar_path, write_json_atomic
-from data_prep.sources import WIKI, ReadStats, Source, expand_inputs, read_documents
+from data_prep.sources import expand_inputs
 from data_prep.text import paragraphs
 from data_prep.wiki import wikitext_to_text
 from data_prep.worker import Chunk, WorkerParams, init_worker, process_chunk

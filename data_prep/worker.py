@@ -18,8 +18,8 @@ import numpy as np
 from data_prep import tokenizer as tokenization
 from data_prep.format import encode_sample, ids_dtype, sample_key
 from data_prep.instances import create_instances
+from data_prep.readers import WIKI
 from data_prep.shards import read_sidecar, shard_name, sidecar_path, verified, write_json_atomic, write_shard
-from data_prep.sources import WIKI
 from data_prep.text import sentences
 from data_prep.wiki import wikitext_to_text
 

@@ -17,7 +17,8 @@ from test_data_prep_helpers import WIKI_XML, config, lee_docs, read_samples, wik
 
 from data_prep import format_summary, prepare
 from data_prep.config import ConfigError, TextFormat
-from data_prep.sources import ReadStats, SourceError, expand_inputs, read_documents
+from data_prep.readers import ReadStats, SourceError, read_documents
+from data_prep.sources import expand_inputs
 
 DOCS = lee_docs()[:40]
 
