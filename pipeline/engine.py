@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,20 @@ def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) 
     return _merge(cfg, overrides)
 
 
+def pin_build_tools() -> None:
+    """Put this interpreter's ``bin`` first on PATH when it holds ``ninja``, as an activated environment would.
+
+    DeepSpeed compiles its CPU ops (the shared-memory all-reduce) on first use with whichever ``ninja`` PATH finds
+    first, into one cache (~/.cache/torch_extensions). ninja 1.12+ hashes command lines differently from older
+    versions, so a run launched with the environment activated (sbatch) and one launched as ``.venv/bin/python``
+    without it (the system's ninja) each find the other's build stale and recompile: about 40 s of both cores at
+    every switch. With this, every launch uses the environment's own ninja."""
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if os.path.exists(os.path.join(bin_dir, "ninja")) and (not path or path[0] != bin_dir):
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
+
+
 def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
     """Start (or join) the process group; returns this rank's device."""
     if engine.accelerator:
@@ -104,6 +119,7 @@ def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device = torch.device("cpu")
+        pin_build_tools()
     backend = engine.backend or ("nccl" if cuda else "gloo")
     export(env)
     if not dist.is_initialized():

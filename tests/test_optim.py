@@ -1,13 +1,17 @@
-"""Schedules, LAMB, the generated DeepSpeed config and the batch arithmetic."""
+"""Schedules, LAMB, the generated DeepSpeed config, the batch arithmetic and the build tools DeepSpeed compiles with."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import sys
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, EngineConfig, OptimConfig
-from pipeline.engine import deepspeed_config, plan_batch
+from pipeline.engine import deepspeed_config, pin_build_tools, plan_batch
 from pipeline.optim import Lamb, build_optimizer, build_scheduler, param_groups
 
 
@@ -79,3 +83,17 @@ def test_global_batch_is_set_once_and_micro_batch_follows_the_world_size():
         "stage3_gather_16bit_weights_on_model_save": False,
         "overlap_comm": False,
     }
+
+
+def test_deepspeed_ops_build_with_the_environments_ninja_however_the_run_is_launched(monkeypatch):
+    """Launched as .venv/bin/python without activation, PATH finds the system's ninja first; an activated launch
+    (sbatch) finds the environment's. Each treats the other's build of DeepSpeed's CPU op as stale."""
+    env_ninja = os.path.join(os.path.dirname(sys.executable), "ninja")
+    if not os.path.exists(env_ninja):
+        pytest.skip("no ninja in this environment")
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"]))
+    pin_build_tools()
+    assert shutil.which("ninja") == env_ninja
+    assert os.environ["PATH"].split(os.pathsep)[1:] == ["/usr/local/bin", "/usr/bin", "/bin"]
+    pin_build_tools()  # idempotent: activated already
+    assert os.environ["PATH"].split(os.pathsep).count(os.path.dirname(sys.executable)) == 1
