@@ -94,17 +94,27 @@ def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) 
     return _merge(cfg, overrides)
 
 
-def pin_build_tools() -> None:
-    """Put this interpreter's ``bin`` first on PATH when it holds ``ninja``, as an activated environment would.
+def prepare_cpu_ops() -> None:
+    """Before DeepSpeed starts on the CPU: no C++ build it does not need, and one ``ninja`` for those it does.
 
-    DeepSpeed compiles its CPU ops (the shared-memory all-reduce) on first use with whichever ``ninja`` PATH finds
-    first, into one cache (~/.cache/torch_extensions). ninja 1.12+ hashes command lines differently from older
-    versions, so a run launched with the environment activated (sbatch) and one launched as ``.venv/bin/python``
-    without it (the system's ninja) each find the other's build stale and recompile: about 40 s of both cores at
-    every switch. With this, every launch uses the environment's own ninja."""
+    ``init_distributed`` JIT-compiles DeepSpeed's shared-memory all-reduce (about 40 s of both cores here, on the first
+    run in each environment). Only DeepSpeed inference's ``inference_all_reduce`` uses it, and that falls back to
+    torch.distributed without it; training all-reduces through torch.distributed (gloo). So it is marked unavailable
+    in ``deepspeed.ops.__compatible_ops__`` (a dict DeepSpeed keeps for the process and consults at that moment).
+
+    Any op that is still built (CPU Adam for an offload config) is compiled with whichever ``ninja`` PATH finds first,
+    into one cache (~/.cache/torch_extensions). ninja 1.12+ hashes command lines differently from older versions, so
+    a run launched with the environment activated (sbatch) and one launched as ``.venv/bin/python`` without it (the
+    system's ninja) each find the other's build stale and recompile. This interpreter's ``bin`` goes first on PATH
+    when it holds ``ninja``, as an activated environment would."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict) and "deepspeed_shm_comm" in compatible:
+        compatible["deepspeed_shm_comm"] = False
     bin_dir = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", "").split(os.pathsep)
-    if os.path.exists(os.path.join(bin_dir, "ninja")) and (not path or path[0] != bin_dir):
+    if os.path.exists(os.path.join(bin_dir, "ninja")) and path[0] != bin_dir:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in path if p != bin_dir)])
 
 
@@ -119,7 +129,7 @@ def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device = torch.device("cpu")
-        pin_build_tools()
+        prepare_cpu_ops()
     backend = engine.backend or ("nccl" if cuda else "gloo")
     export(env)
     if not dist.is_initialized():

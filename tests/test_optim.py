@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, EngineConfig, OptimConfig
-from pipeline.engine import deepspeed_config, pin_build_tools, plan_batch
+from pipeline.engine import deepspeed_config, plan_batch, prepare_cpu_ops
 from pipeline.optim import Lamb, build_optimizer, build_scheduler, param_groups
 
 
@@ -85,15 +85,18 @@ def test_global_batch_is_set_once_and_micro_batch_follows_the_world_size():
     }
 
 
-def test_deepspeed_ops_build_with_the_environments_ninja_however_the_run_is_launched(monkeypatch):
+def test_cpu_runs_skip_the_unused_shm_op_and_build_others_with_the_environments_ninja(monkeypatch):
     """Launched as .venv/bin/python without activation, PATH finds the system's ninja first; an activated launch
-    (sbatch) finds the environment's. Each treats the other's build of DeepSpeed's CPU op as stale."""
+    (sbatch) finds the environment's. Each treats the other's build of a DeepSpeed CPU op as stale."""
+    import deepspeed.ops
+
     env_ninja = os.path.join(os.path.dirname(sys.executable), "ninja")
     if not os.path.exists(env_ninja):
         pytest.skip("no ninja in this environment")
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"]))
-    pin_build_tools()
+    prepare_cpu_ops()
     assert shutil.which("ninja") == env_ninja
     assert os.environ["PATH"].split(os.pathsep)[1:] == ["/usr/local/bin", "/usr/bin", "/bin"]
-    pin_build_tools()  # idempotent: activated already
+    assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is False
+    prepare_cpu_ops()  # idempotent: activated already
     assert os.environ["PATH"].split(os.pathsep).count(os.path.dirname(sys.executable)) == 1
