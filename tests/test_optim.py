@@ -36,6 +36,10 @@ def test_warmup_then_linear_cosine_and_warmup_stable_decay():
     wsd = lrs(OptimConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_ratio=0.2), 100)
     assert all(x == pytest.approx(1.0) for x in wsd[10:80]) and wsd[90] == pytest.approx(0.5) and wsd[99] < 0.06
     assert lrs(OptimConfig(lr=1.0, warmup_ratio=0.1, schedule="constant"), 50)[5:] == [1.0] * 45
+    # A one-step run (a smoke test): the default warmup_ratio rounds up to the whole run; the schedule still steps.
+    for schedule in ("linear", "cosine", "wsd", "constant"):
+        assert lrs(OptimConfig(lr=1.0, schedule=schedule), 1) == [1.0]
+    assert lrs(OptimConfig(lr=1.0, warmup_steps=4), 4) == [0.0, 1 / 3, 2 / 3, 1.0]
     with pytest.raises(ValueError, match=r"Invalid value 'exp', expected one of \[linear, cosine, wsd, constant\]"):
         lrs(OptimConfig(schedule="exp"), 10)
 
