@@ -84,14 +84,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
 
 
 def warmup_steps(cfg: OptimConfig, total: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps is not None else int(math.ceil(cfg.warmup_ratio * total))
+    """A warmup exactly as long as the run (max_steps=1 with any warmup_ratio) ends one step earlier, at the run's last
+    step: Hugging Face's linear schedule would divide by (total - warmup) there, and the others never reach the peak."""
+    warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(math.ceil(cfg.warmup_ratio * total))
+    return warm - 1 if warm == total > 0 else warm
 
 
 def build_scheduler(opt: Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
     warm = warmup_steps(cfg, total_steps)
-    # A warmup exactly as long as the run (max_steps=1 with any warmup_ratio) ends one step earlier, at the run's last
-    # step: Hugging Face's linear schedule would divide by (total - warmup) there, and the others never reach the peak.
-    warm = warm - 1 if warm == total_steps > 0 else warm
     if cfg.schedule == "linear":
         return hf_optim.get_polynomial_decay_schedule_with_warmup(
             opt, warm, total_steps, lr_end=cfg.lr * cfg.min_lr_ratio, power=1.0
