@@ -162,6 +162,36 @@ class ThirdPartyNoise(logging.Filter):
         return not (record.name.startswith(("DeepSpeed", "deepspeed")) and record.levelno < logging.WARNING)
 
 
+def sweep_safe(args: list[str]) -> list[str]:
+    """``KEY.sub=V`` as ``KEY.sub=choice(V)`` in a multirun that sweeps ``KEY=a,b``; other arguments unchanged.
+
+    In a multirun Hydra first composes one config without the swept groups, then each job's. A group with no default
+    (finetune's ``task``) is missing in that first config, so ``-m task=mr,trec task.max_seq_len=64`` stopped with
+    "task is required" although task was given. A one-value choice() is a sweep too: Hydra applies it only in each
+    job's config, after the task is chosen, with the same checks (a misspelt key still fails), and the number of
+    jobs stays the same. Each job's overrides.yaml records the plain ``task.max_seq_len=64``.
+    """
+    if not any(a in ("-m", "--multirun") for a in args):
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parser = OverridesParser.create()
+    parsed: dict[int, object] = {}
+    for i, a in enumerate(args):
+        if not a.startswith("-"):
+            with contextlib.suppress(Exception):  # Hydra reports an unparsable override itself, in its own words
+                parsed[i] = parser.parse_override(a)
+    swept = {o.key_or_group for o in parsed.values() if o.is_sweep_override() and not o.is_hydra_override()}
+    out = list(args)
+    for i, o in parsed.items():
+        head = o.key_or_group.split(".", 1)[0]
+        if o.type is OverrideType.CHANGE and "." in o.key_or_group and head in swept and not o.is_sweep_override():
+            key, _, value = args[i].partition("=")
+            out[i] = f"{key}=choice({value or repr('')})"
+    return out
+
+
 def run(main: Callable[[], object], entry: str) -> None:
     """Call a ``@hydra.main`` function with the convention above; ``--help``/``-h`` prints the entry's help."""
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
@@ -169,6 +199,7 @@ def run(main: Callable[[], object], entry: str) -> None:
 
         print(help_text(entry))
         return
+    sys.argv[1:] = sweep_safe(sys.argv[1:])
     global _debug_at_start
     _debug_at_start = debugging()
     logging.captureWarnings(True)  # Python warnings become log records: the log file has them, the console not

@@ -44,6 +44,12 @@ def test_a_pretrain_mistake_is_one_line_and_exit_2(args, expected, tiny_data, tm
     [
         ("pipeline.finetune", ["model.path=x"], "error: task is required: give task=NAME; available: cola,"),
         ("pipeline.finetune", ["task=sst3", "model.path=x"], "error: task=sst3: no such preset in conf/task/"),
+        # Beside a sweep over task= a task.* key is applied per job (pipeline/cli.sweep_safe), still checked there.
+        (
+            "pipeline.finetune",
+            ["-m", "task=sst2,mrpc", "task.max_seq_lenn=48", "model.path=x"],
+            "error: task.max_seq_lenn: no such key (did you mean task.max_seq_len?)",
+        ),
         # hf/ exists (an export folder), hf/nope does not: a missing local path, never a hub lookup.
         ("pipeline.finetune", ["task=sst2", "model.path=hf/nope"], "error: model.path=hf/nope: no such directory"),
         ("pipeline.export", ["run_dir=nope"], "error: nope is not a pretraining run directory"),

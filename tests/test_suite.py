@@ -13,6 +13,7 @@ import json
 import statistics
 
 import pytest
+import yaml
 
 from tests import finetune_synth as S
 from tests.conftest import run_module
@@ -45,6 +46,8 @@ def test_suite_sweep_then_the_pretrained_vs_random_table(source, tmp_path):
         [
             "-m",
             f"model.path={source}",
+            # A task.* key beside a sweep over task= (Hydra alone stops: "task is required"): pipeline/cli.sweep_safe.
+            "task.max_seq_len=48",
             "task=mr,wnut16",
             "seed=1,2",
             "model.random_init=false,true",
@@ -62,6 +65,12 @@ def test_suite_sweep_then_the_pretrained_vs_random_table(source, tmp_path):
     assert sorted((r["task"], r["source"]["random_init"], r["seed"]) for r in runs) == [
         (t, ri, s) for t in ("mr", "wnut16") for ri in (False, True) for s in (1, 2)
     ]
+    # task.max_seq_len=48 reached every job, in its config and its recorded overrides, without adding jobs.
+    jobs = sorted(sweep.glob("*/.hydra"))
+    assert len(jobs) == 8
+    for job in jobs:
+        assert yaml.safe_load((job / "config.yaml").read_text())["task"]["max_seq_len"] == 48
+        assert "task.max_seq_len=48" in yaml.safe_load((job / "overrides.yaml").read_text())
     # The presets read the files under BERTRUN_REAL_DATA: the validation sizes are those files'.
     assert {(r["task"], r["validation_examples"]) for r in runs} == {("mr", 48), ("wnut16", 24)}
 
