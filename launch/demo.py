@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     # sweeps run one after another.
     sweeps = finetune_sweeps(args["finetune"], ft, prof.parallel_tasks and len(tasks) > 1)
     runs = {t: 2 * len(seeds) * len(t.split(",")) for t in sweeps}  # pretrained and random init, each seed
-    todo = {t: s for t, s in sweeps.items() if len(list(s[0].rglob("results.json"))) < runs[t]}
+    todo = {t: s for t, s in sweeps.items() if len(list(s[0].glob("*/results.json"))) < runs[t]}
     if todo:
         t1 = time.perf_counter()
         with ThreadPoolExecutor(len(todo) if prof.parallel_tasks else 1) as pool:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         logs / "report.log",
     )
-    return headline(out, pre, hf, ft, prof, timings, time.perf_counter() - t0)
+    return headline(out, pre, hf, [d for d, _ in sweeps.values()], prof, timings, time.perf_counter() - t0)
 
 
 def finetune_sweep(tasks: str, sweep: Path, ft_args: list[str], seeds: list[str], logs: Path, env: dict) -> float:

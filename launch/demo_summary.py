@@ -60,9 +60,11 @@ def unigram_level(data: Path) -> float | None:
     return counts.most_common(1)[0][1] / total if total else None
 
 
-def task_results(ft: Path) -> dict[str, dict]:
+def task_results(*sweeps: Path) -> dict[str, dict]:
+    """Per task, each side's metric over seeds (median, stdev) and the difference with its Welch interval, from the
+    jobs of these sweep folders only (not from older runs elsewhere under the finetune folder)."""
     out: dict[str, dict] = {}
-    for f in sorted(ft.rglob("results.json")):
+    for f in [f for sweep in sweeps for f in sorted(sweep.glob("*/results.json"))]:
         r = json.loads(f.read_text())
         t = out.setdefault(
             r["task"],
@@ -149,11 +151,11 @@ def task_table(tasks: dict[str, dict]) -> tuple[list[str], list[str], dict | Non
     return lines, verdicts, average
 
 
-def headline(out: Path, pre: Path, hf: Path, ft: Path, profile, timings: dict, total: float) -> int:
+def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timings: dict, total: float) -> int:
     summary = json.loads((pre / "summary.json").read_text())
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     unigram = unigram_level(out / "data")
-    tasks = task_results(ft)
+    tasks = task_results(*sweeps)
     mlm, nsp = summary.get("val_mlm_acc", math.nan), summary.get("val_nsp_acc", math.nan)
     val = manifest["splits"].get("val", {})
     # data_prep draws random next sentences with probability 0.5, but short documents shift the mix: not 0.5 exactly.

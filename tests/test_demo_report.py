@@ -161,6 +161,23 @@ def test_several_tasks_get_a_suite_average_per_seed(tmp_path):
     assert task_table({k: v for k, v in task_results(tmp_path).items() if k == "trec"})[2] is None
 
 
+def test_the_headline_reads_only_its_own_sweeps(tmp_path):
+    """A rerun whose sweeps moved (WNUT-16 now apart, at 20 epochs) leaves the old jobs in the finetune folder: the
+    headline counts the jobs of this run's sweeps, not an older WNUT-16 at 3 epochs beside them."""
+    from launch.demo_summary import task_results
+
+    ft = tmp_path / "finetune"
+    write_results(ft, {("wnut16", False, 1): 0.0, ("wnut16", True, 1): 0.0})  # the old layout: ft/0, ft/1
+    write_results(ft / "wnut16", {("wnut16", ri, s): 0.25 - 0.1 * ri + s / 100 for ri in (0, 1) for s in (1, 2)})
+    write_results(ft / "trec", {("trec", ri, s): 0.86 - 0.05 * ri for ri in (0, 1) for s in (1, 2)})
+    got = task_results(ft / "wnut16", ft / "trec")
+    assert got["wnut16"]["pretrained"] == pytest.approx([0.26, 0.27]) and got["wnut16"]["seeds"]["random_init"] == [
+        1,
+        2,
+    ]
+    assert set(got) == {"wnut16", "trec"} and got["trec"]["difference"] == pytest.approx(0.05)
+
+
 def test_gpu_profile_checks_its_targets(tmp_path):
     """Every task and the suite average must win by 5 points and by more than 3x the seed spread; the average's
     spread is that of the per-seed suite scores, so two clear wins can still leave a noisy average."""
