@@ -171,10 +171,8 @@ def test_the_headline_reads_only_its_own_sweeps(tmp_path):
     write_results(ft / "wnut16", {("wnut16", ri, s): 0.25 - 0.1 * ri + s / 100 for ri in (0, 1) for s in (1, 2)})
     write_results(ft / "trec", {("trec", ri, s): 0.86 - 0.05 * ri for ri in (0, 1) for s in (1, 2)})
     got = task_results(ft / "wnut16", ft / "trec")
-    assert got["wnut16"]["pretrained"] == pytest.approx([0.26, 0.27]) and got["wnut16"]["seeds"]["random_init"] == [
-        1,
-        2,
-    ]
+    assert got["wnut16"]["pretrained"] == pytest.approx([0.26, 0.27])
+    assert got["wnut16"]["seeds"]["random_init"] == [1, 2]
     assert set(got) == {"wnut16", "trec"} and got["trec"]["difference"] == pytest.approx(0.05)
 
 
