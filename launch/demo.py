@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from launch.demo_profiles import PROFILES
+from launch.demo_profiles import PROFILES, replace
 from launch.demo_summary import headline
 from pipeline.dist import free_port
 
@@ -121,12 +121,6 @@ def stage_args(
         "pretrain": [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *extra["pretrain"]],
         "finetune": {t: [*replace(ft, prof.task_finetune.get(t, ())), *extra["finetune"]] for t in tasks or prof.tasks},
     }
-
-
-def replace(overrides: list[str], own: tuple[str, ...]) -> list[str]:
-    """``overrides`` with ``own`` in place of those that set the same keys (one ``epochs=`` on the command line)."""
-    keys = {o.split("=", 1)[0] for o in own}
-    return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(own)
 
 
 def finetune_sweeps(ft_args: dict[str, list[str]], ft: Path, parallel: bool) -> dict[str, tuple[Path, list[str]]]:
