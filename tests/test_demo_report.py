@@ -109,6 +109,58 @@ def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tm
     assert p.returncode == 0 and "== pretrain" not in p.stdout and "== data_prep" not in p.stdout
 
 
+@pytest.mark.slow
+def test_gpu_profile_rehearses_its_whole_flow_on_the_cpu(registry, tmp_path):
+    """profile=gpu cannot run here, and a mistake in it would otherwise show only on a GPU: rehearse=true runs its
+    flow at tiny sizes (its task sweeps side by side, WNUT-16's own epochs, the self-check) on the CPU presets."""
+    import torch
+
+    out = tmp_path / "rehearsal"
+    # The user's finetune overrides still come last: fewer examples keep WNUT-16's 20 epochs short here.
+    base = ["profile=gpu", "text=wiki_leads", "tasks=trec,wnut16", "finetune:max_train_samples=64"]
+    base += ["finetune:max_eval_samples=128"]
+
+    def demo(*args, timeout=600):
+        cmd = [sys.executable, "-m", "launch.demo", *base, *args]
+        return subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+    if not torch.cuda.is_available():
+        p = demo(f"out={tmp_path / 'real'}", timeout=120)
+        assert p.returncode != 0 and "needs a CUDA GPU" in p.stderr and "rehearse=true" in p.stderr
+        assert not (tmp_path / "real").exists()
+    p = demo(f"out={out}", "rehearse=true")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "pretrain" / "summary.json").read_text())
+    assert summary["step"] == 20
+    assert yaml.safe_load((out / "pretrain" / "config.yaml").read_text())["model"]["hidden_size"] == 128  # bert-tiny
+    # One sweep per task, each pretrained vs random init over seeds 1,2, with WNUT-16's own 20 epochs.
+    jobs = {t: sorted((out / "finetune" / t).glob("[0-9]*")) for t in ("trec", "wnut16")}
+    for task, epochs in (("trec", 2), ("wnut16", 20)):
+        configs = [yaml.safe_load((d / ".hydra" / "config.yaml").read_text()) for d in jobs[task]]
+        runs = [json.loads((d / "results.json").read_text()) for d in jobs[task]]
+        assert sorted((r["source"]["random_init"], r["seed"]) for r in runs) == [
+            (False, 1),
+            (False, 2),
+            (True, 1),
+            (True, 2),
+        ]
+        assert {c["epochs"] for c in configs} == {epochs} and {c["max_train_samples"] for c in configs} == {64}
+        if not torch.cuda.is_available():
+            assert {(c["engine"]["precision"], c["engine"]["accelerator"]) for c in configs} == {("fp32", "cpu")}
+    # Side by side: each sweep's first job started before the other's last one ended.
+    start = {t: (j[0] / ".hydra" / "config.yaml").stat().st_mtime for t, j in jobs.items()}
+    end = {t: (j[-1] / "results.json").stat().st_mtime for t, j in jobs.items()}
+    assert start["trec"] < end["wnut16"] and start["wnut16"] < end["trec"]
+    res = json.loads((out / "demo_results.json").read_text())
+    assert res["rehearsal"] and set(res["tasks"]) == {"trec", "wnut16"}
+    assert [c["check"].split(":")[0] for c in res["checks"]][:3] == ["trec", "wnut16", "average"]
+    text = (out / "demo_summary.md").read_text()
+    assert "REHEARSAL" in text.splitlines()[0] and "(run, not expected to pass)" in text
+    # A real run never takes the rehearsal's tiny stages as its own.
+    p = demo(f"out={out}", timeout=120)
+    assert p.returncode != 0 and "holds a rehearsal" in p.stderr
+
+
 def test_confidence_interval_and_headline_wording():
     from scipy.stats import ttest_ind
 

@@ -327,6 +327,11 @@ def test_bad_inputs_are_named(tmp_path):
     ).task
     with pytest.raises(TaskDataError, match=r"ner_dev.conll: validation tags values \['I-MISC'\] never appear"):
         load_task(ner)
+    # A quick run (max_train_samples) keeps the classes of the whole training split: B-X comes after the first row.
+    (tmp_path / "ner_dev.conll").write_text("w1 B-PER\nw3 B-X\n")
+    splits, names = load_task(ner, max_train=1)
+    assert len(splits["train"].rows) == 1 and names == ["O", "B-PER", "B-X"]
+    assert splits["validation"].labels == [[1, 2]]
     with pytest.raises(
         TaskDataError,
         match=r"could not load nyu-mll/glue \(sst2\) from the Hugging Face hub.*"

@@ -99,7 +99,7 @@ class FinetuneConfig(StageConfig):
     epochs: float = 3.0
     max_steps: int | None = None  # overrides epochs
     seed: int = 42
-    max_train_samples: int | None = None  # quick runs: the first N training examples
+    max_train_samples: int | None = None  # quick runs: the first N training examples (classes: the whole split)
     max_eval_samples: int | None = None
     # Remove the DeepSpeed checkpoints (resume and best) once results.json and best_model/ are written.
     cleanup: bool = True

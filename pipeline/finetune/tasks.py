@@ -289,7 +289,9 @@ def load_task(task, max_train: int | None = None, max_eval: int | None = None) -
         s.labelled = has_labels(task, s)
     names: list[str] = []
     if task.type in ("classification", "token_classification"):
-        names = class_names(task, splits["train"], declared)
+        # From the whole training split, not the first max_train rows: a quick run gets the classes (and the output
+        # layer) of the full one, and a rare class in the validation split is not refused for being cut off.
+        names = class_names(task, Split("train", *raw["train"]), declared)
         if len(names) < 2:
             raise TaskDataError(
                 f"{splits['train'].source}: only one class {names} in the training split; "
