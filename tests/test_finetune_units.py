@@ -284,7 +284,7 @@ def _cls_task(tmp_path, train_rows, val_rows, *extra):
     ).task
 
 
-def test_bad_inputs_are_named(tmp_path):
+def test_bad_inputs_are_named(tmp_path, caplog):
     from pipeline.config import ConfigError
     from pipeline.finetune.model import resolve_source
     from pipeline.finetune.tasks import TaskDataError, load_task
@@ -332,6 +332,14 @@ def test_bad_inputs_are_named(tmp_path):
     splits, names = load_task(ner, max_train=1)
     assert len(splits["train"].rows) == 1 and names == ["O", "B-PER", "B-X"]
     assert splits["validation"].labels == [[1, 2]]
+    # A quick run on a file ordered by label trains on mostly one class: the log says so, naming the file.
+    rows = [{"text": f"w{i}", "label": "a" if i < 60 else "b"} for i in range(100)]
+    with caplog.at_level("WARNING", logger="pipeline.finetune.tasks"):
+        load_task(_cls_task(tmp_path, rows, rows), max_train=50)
+        load_task(_cls_task(tmp_path, rows[::-1][::2] + rows[::2], rows), max_train=50)  # 50/50 in the first 50
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "train.csv: max_train_samples=50 keeps the first 50 of 100" in warned[0]
+    assert "100% 'a' against 60% in the whole split" in warned[0]
     with pytest.raises(
         TaskDataError,
         match=r"could not load nyu-mll/glue \(sst2\) from the Hugging Face hub.*"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,7 +302,26 @@ def load_task(task, max_train: int | None = None, max_eval: int | None = None) -
     for s in splits.values():
         if s.labelled:
             convert_labels(task, s, names, inferred)
+    if task.type == "classification" and max_train and len(raw["train"][1]) > max_train:
+        warn_if_skewed(task.label_column, *raw["train"], max_train)
     return splits, names
+
+
+def warn_if_skewed(key: str, source: str, rows: list[dict], cap: int, tolerance: float = 0.2) -> str | None:
+    """The first ``cap`` rows are what a quick run trains on: say so when their classes are far from the whole
+    split's (a file ordered by label gives a quick run mostly one class)."""
+    whole, part = Counter(str(r.get(key)) for r in rows), Counter(str(r.get(key)) for r in rows[:cap])
+    gap = {c: part[c] / cap - n / len(rows) for c, n in whole.items()}
+    worst = max(gap, key=lambda c: abs(gap[c]))
+    if abs(gap[worst]) <= tolerance:
+        return None
+    msg = (
+        f"{source}: max_train_samples={cap} keeps the first {cap:,} of {len(rows):,} training examples, "
+        f"{part[worst] / cap:.0%} {worst!r} against {whole[worst] / len(rows):.0%} in the whole split (is the file "
+        f"ordered by label?): shuffle the file, or raise max_train_samples"
+    )
+    log.warning(msg)
+    return msg
 
 
 # ---------------------------------------------------------------- features
