@@ -269,12 +269,16 @@ def test_every_profile_composes_for_every_stage(name):
     """A profile's overrides are only read when the main job runs it: a typo in the hour-long quality profile or the
     GPU one would otherwise surface on the user's machine, after the downloads."""
     from launch.demo import check_configs, stage_args
-    from launch.demo_profiles import PROFILES
+    from launch.demo_profiles import PROFILES, rehearsal
 
-    prof = PROFILES[name]
     none = {"prep": [], "pretrain": [], "finetune": []}
-    args = stage_args(prof, Path("data"), Path("run"), Path("hf"), none, cuda=False)
-    check_configs(args, prof.nproc)
+    for prof in (PROFILES[name], rehearsal(PROFILES[name], cuda=False), rehearsal(PROFILES[name], cuda=True)):
+        args = stage_args(prof, Path("data"), Path("run"), Path("hf"), none, cuda=False)
+        check_configs(args, prof.nproc)
+        # One value per key on each command line: the command in the log says what ran, with no later value hiding.
+        for overrides in (args["pretrain"], *args["finetune"].values()):
+            keys = [o.split("=", 1)[0] for o in overrides]
+            assert len(keys) == len(set(keys)), overrides
 
 
 @pytest.mark.parametrize("name", ["cpu", "quality", "gpu"])
