@@ -9,8 +9,8 @@
 #   CPU=1 bash bench/gpu_demo.sh       # the same steps here, through rehearse=true (tiny sizes, a few minutes)
 #
 # The profile promises at most 12 minutes; a device call may run 10, so the run stops itself at LIMIT seconds
-# (default 570) and says so; the same command on the same machine resumes (every stage skips what is complete;
-# pretraining resumes from its last checkpoint). The wall-time check then covers the last call only.
+# (default 570: timeout's SIGTERM, which launch.demo passes on; pretraining saves a checkpoint at that step) and says
+# so; the same command on the same machine resumes. The wall-time check then covers the last call only.
 set -euo pipefail
 WORK=${WORK:-/tmp/bertrun-demo}
 RESULTS=${OUT:-$WORK}/gpu_demo

@@ -16,7 +16,8 @@ ends with the suite's average.
 ``stage:KEY=VALUE`` is a Hydra override passed to that stage (``pretrain:model=bert-base``), so the same command
 scales up. Every stage's config is composed first, so a typo fails before any work. Each long stage shows its
 progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its
-output is already complete, so a rerun resumes.
+output is already complete, so a rerun resumes. SIGTERM or SIGUSR2 (a time limit, a preemption) is passed on to the
+running stage, which stops cleanly (pretraining saves a checkpoint); no later stage starts, and the exit status is 75.
 
 ``rehearse=true`` runs the profile's whole flow at tiny sizes on this machine (bert-tiny for 20 steps, 256 training
 examples a task, seeds 1,2; the CPU presets where there is no GPU), into checkpoints/demo-rehearsal by default: a
@@ -30,8 +31,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,6 +78,31 @@ def parse(argv: list[str]) -> dict:
     return opts
 
 
+# A stop signal (Slurm's time limit, timeout, a preemption) reaches the main job: it goes on to the running stages,
+# which stop cleanly (pretraining saves a checkpoint), and no later stage starts; a rerun resumes.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_live: set[subprocess.Popen] = set()
+_stopped: list[int] = []
+_lock = threading.RLock()  # the handler may run in the main thread while it holds the lock
+
+
+def _forward(signum, frame) -> None:
+    with _lock:
+        _stopped.append(signum)
+        for child in _live:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+
+def _stop_here(title: str) -> None:
+    from pipeline.preempt import EXIT_RESUMABLE
+
+    name = signal.Signals(_stopped[0]).name
+    print(f"\n== stopped by {name} during {title}: what finished is kept; run the same command again to resume")
+    sys.stdout.flush()
+    raise SystemExit(EXIT_RESUMABLE)
+
+
 # tqdm's "n/total [elapsed<remaining, rate" (with the loss as a postfix): the part of a stage's output worth showing.
 PROGRESS = re.compile(rb"\d+/\d+ \[\d")
 
@@ -87,13 +115,19 @@ def _show(bar: bytes, tty: bool) -> None:
 def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) -> float:
     """Run a stage with its full output in ``log`` and its progress bar mirrored on the console: redrawn in place
     on a terminal, one line every 20 s otherwise (CI logs)."""
+    if _stopped:
+        _stop_here(title)
     print(f"\n== {title}\n   {shlex.join(cmd)}\n   log: {log}", flush=True)
     tty, every = sys.stdout.isatty(), (0.5 if sys.stdout.isatty() else 20.0)
     t = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     shown, last, tail = 0.0, b"", b""
     with open(log, "wb") as f:
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        with _lock:
+            p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            _live.add(p)
+            if _stopped:  # the signal came between the check above and the start
+                p.send_signal(_stopped[0])
         newest = b""
         while chunk := p.stdout.read1(1 << 16):
             f.write(chunk)
@@ -104,12 +138,16 @@ def run(title: str, cmd: list[str], log: Path, env_extra: dict | None = None) ->
                 last, shown = newest, time.monotonic()
                 _show(last, tty)
         rc = p.wait()
+        with _lock:
+            _live.discard(p)
         if newest != last:  # the final state of the bar (steps done, last loss), however fast the stage was
             _show(newest, tty)
             shown = 1.0
     dt = time.perf_counter() - t
     if tty and shown:
         print()
+    if rc and _stopped:
+        _stop_here(title)
     if rc:
         lines = log.read_text(errors="replace").replace("\r", "\n").splitlines()
         tail_text = "\n".join(ln for ln in lines[-40:] if not PROGRESS.search(ln.encode()))
@@ -194,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     o = parse(argv)
+    for s in STOP_SIGNALS:
+        signal.signal(s, _forward)
     import torch
 
     prof = rehearsal(o["profile"], torch.cuda.is_available()) if o["rehearse"] else o["profile"]

@@ -161,6 +161,59 @@ def test_gpu_profile_rehearses_its_whole_flow_on_the_cpu(registry, tmp_path):
     assert p.returncode != 0 and "holds a rehearsal" in p.stderr
 
 
+@pytest.mark.slow
+def test_a_stop_signal_ends_the_running_stage_cleanly_and_the_rerun_resumes_it(registry, tmp_path):
+    """Slurm's time limit or a preemption signals the main job: the signal goes on to the running stage, which
+    stops with a checkpoint; no later stage starts; the same command resumes from that step and finishes."""
+    import signal
+    import time
+
+    out = tmp_path / "demo"
+    args = [
+        f"out={out}",
+        "nproc=1",
+        "seeds=1",
+        "text=wiki_leads",
+        "tasks=trec",
+        "prep:tokenizer.vocab_size=2000",
+        "pretrain:model=bert-tiny",
+        "pretrain:max_steps=200",
+        "pretrain:global_batch_size=8",
+        "pretrain:eval.every_steps=100",
+        "pretrain:checkpoint.every_steps=1000",
+        "pretrain:logger.every_steps=1",
+        "finetune:max_train_samples=64",
+        "finetune:max_eval_samples=64",
+    ]
+    cmd = [sys.executable, "-m", "launch.demo", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, t0 = out / "pretrain" / "metrics.jsonl", time.monotonic()
+    while not (metrics.is_file() and len(read_steps(metrics)) >= 5):
+        assert p.poll() is None and time.monotonic() - t0 < 300, p.stdout.read()[-3000:] if p.poll() else "timeout"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # the main job only, not its process group: it must pass the signal on
+    text = p.communicate(timeout=300)[0]
+    assert p.returncode == 75, text[-3000:]
+    assert "== stopped by SIGTERM during pretrain" in text and "run the same command again to resume" in text
+    stopped = json.loads((out / "pretrain" / "summary.json").read_text())
+    assert stopped["stopped_by_signal"] and 5 <= stopped["step"] < 200
+    assert json.loads((out / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == stopped["step"]
+    assert not (out / "hf").exists() and "== export" not in text
+    p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"resumed from {out / 'pretrain' / 'checkpoints'}" in (out / "logs" / "pretrain.log").read_text()
+    assert "== data_prep" not in p.stdout
+    steps = read_steps(metrics)
+    assert steps == sorted(set(steps)) and steps[-1] == 200 and stopped["step"] + 1 in steps
+    assert json.loads((out / "pretrain" / "summary.json").read_text())["step"] == 200
+    assert set(json.loads((out / "demo_results.json").read_text())["tasks"]) == {"trec"}
+
+
+def read_steps(metrics: Path) -> list[int]:
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    return [r["step"] for r in rows if "loss" in r]
+
+
 def test_confidence_interval_and_headline_wording():
     from scipy.stats import ttest_ind
 
