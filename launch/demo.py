@@ -83,6 +83,7 @@ def parse(argv: list[str]) -> dict:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 _live: set[subprocess.Popen] = set()
 _stopped: list[int] = []
+_reported: list[str] = []
 _lock = threading.RLock()  # the handler may run in the main thread while it holds the lock
 
 
@@ -97,9 +98,13 @@ def _forward(signum, frame) -> None:
 def _stop_here(title: str) -> None:
     from pipeline.preempt import EXIT_RESUMABLE
 
-    name = signal.Signals(_stopped[0]).name
-    print(f"\n== stopped by {name} during {title}: what finished is kept; run the same command again to resume")
-    sys.stdout.flush()
+    with _lock:  # once, however many sweeps side by side were stopped
+        first = not _reported
+        _reported.append(title)
+    if first:
+        name = signal.Signals(_stopped[0]).name
+        print(f"\n== stopped by {name} during {title}: what finished is kept; run the same command again to resume")
+        sys.stdout.flush()
     raise SystemExit(EXIT_RESUMABLE)
 
 
