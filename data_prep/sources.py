@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 from data_prep.config import DataPrepConfig
 from data_prep.readers import READ_ERRORS, Source, SourceError, capped_lines, open_binary, open_hf
@@ -56,23 +57,39 @@ def expand_inputs(cfg: DataPrepConfig) -> list[Source]:
                 f"input not found: {spec!r} (relative to {os.getcwd()}). Give a file, a directory, a glob pattern "
                 "in quotes, or hf:NAME[:CONFIG]"
             )
-    names = Counter(e[1] for e in entries if isinstance(e, tuple))
+    names = iter(unique_names([e for e in entries if isinstance(e, tuple)]))
     seen: dict[str, str] = {}
     sources = []
     for e in entries:
         if isinstance(e, Source):
             sources.append(e)
             continue
-        path, name = e
+        path, name = e[0], next(names)
         real = os.path.realpath(path)
         if real in seen:
             raise SourceError(
                 f"input {path!r} is given twice (also as {seen[real]!r}): its documents would all be duplicates"
             )
         seen[real] = path
-        # Ids are relative to where a file was found, so moving the corpus keeps them; clashes fall back to the path.
-        sources.append(_file_source(path, name if names[name] == 1 else os.path.normpath(path), cfg))
+        sources.append(_file_source(path, name, cfg))
     return sources
+
+
+def unique_names(files: list[tuple[str, str]]) -> list[str]:
+    """Each (path, name relative to where it was found) file's name in document ids, which also pick each document's
+    split: relative, so moving the corpus keeps them. Names that clash (``a/documents.jsonl``, ``b/documents.jsonl``
+    given as files) take the fewest trailing path components that tell them apart, never the absolute path, so the
+    same corpus in another folder or on another machine gives the same ids, splits and shards."""
+    counts = Counter(name for _, name in files)
+    parts = [Path(os.path.abspath(path)).parts for path, _ in files]
+    out = []
+    for i, (_, name) in enumerate(files):
+        rivals = [parts[j] for j, (_, other) in enumerate(files) if other == name and j != i]
+        k = 1 if counts[name] == 1 else 2
+        while k < len(parts[i]) and any(r[-k:] == parts[i][-k:] for r in rivals):
+            k += 1
+        out.append(name if counts[name] == 1 else "/".join(parts[i][-k:]))
+    return out
 
 
 def _glob_root(pattern: str) -> str:

@@ -72,6 +72,30 @@ def test_every_source_type_gives_the_same_instances(tmp_path):
         assert ids == reference, f"{name} differs from line.txt"
 
 
+def test_files_of_one_name_get_the_same_ids_and_shards_in_any_folder(tmp_path):
+    """The main job's corpora are wikitext2/documents.jsonl, news/documents.jsonl, ...: their document ids (which
+    pick each document's split) once held the absolute path, so two clones of the project made different splits and
+    vocabularies from the same text. The ids now use the fewest trailing folders that tell the files apart."""
+    from test_data_prep_helpers import shard_files
+
+    docs = lee_docs()
+    outs = []
+    for i, root in enumerate((tmp_path / "a", tmp_path / "b" / "deeper" / "clone")):
+        paths = []
+        for name, part in (("wiki", docs[:150]), ("news", docs[150:])):
+            (root / name).mkdir(parents=True)
+            (root / name / "documents.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+            paths.append(str(root / name / "documents.jsonl"))
+        cfg = config(tmp_path, paths, out=f"out{i}", val_fraction=0.2, shard_mb=0.05)
+        assert [src.name for src in expand_inputs(cfg)] == ["wiki/documents.jsonl", "news/documents.jsonl"]
+        m = prepare(cfg)
+        outs.append(m["config"]["output"])
+        assert 0 < m["splits"]["val"]["samples"] < m["splits"]["train"]["samples"]
+    assert shard_files(outs[0]) == shard_files(outs[1])
+    ids = {s["doc_id"].rsplit(":", 1)[0] for s in read_samples(outs[0])}
+    assert ids == {"wiki/documents.jsonl", "news/documents.jsonl"}
+
+
 def test_inputs_mixed_globs_and_lists_keep_the_given_order(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
