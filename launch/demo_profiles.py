@@ -2,7 +2,8 @@
 
 - ``cpu`` (default): 2 cores, 9 minutes measured after the downloads (15 at most): bert-tiny, 1,200 steps (4.9M
   tokens), the recipe search's pick (bench/README.md). It leaves the frequent-token plateau (validation MLM accuracy
-  0.13 against 0.045), but finetuned it does worse than random init (-2.6 to -6.9 points): the headline says so.
+  0.13 against 0.045), but finetuned it does worse than random init (-2.6 to -6.9 points in five of six runs; the
+  sixth: no measurable difference): the headline says so.
 - ``quality``: the same on the CPU with 30% of tokens masked, pretraining 16,000 steps (58M tokens), then the whole
   six-task suite finetuned 3 epochs instead of 1 (WNUT-16: 20, in a sweep of its own): 93 minutes after the downloads on
   a slow hour (pretraining 66) before WNUT-16 got 20 epochs, which added 15 (measured alongside other work). Two runs
