@@ -121,8 +121,8 @@ def torchrun_reference(synth_data, tmp_path_factory):
 # test_launch.py, which shares the torchrun reference run with test_slurm.py.
 _SHARED_WORKER = {"test_slurm.py": "slurm", "test_slurm_errors.py": "slurm", "test_launch.py": "slurm"}
 # The longest groups, longest first (from CI's --durations output); the others follow in collection order.
-_LONGEST = ("slurm", "test_pretrain", "test_finetune", "test_elastic", "test_demo_report", "test_packing",
-            "test_faults")  # fmt: skip
+_LONGEST = ("slurm", "test_demo_report", "test_pretrain", "test_elastic", "test_finetune", "test_faults",
+            "test_packing")  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the groups into the test ids
