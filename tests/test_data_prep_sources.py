@@ -74,8 +74,8 @@ def test_every_source_type_gives_the_same_instances(tmp_path):
 
 def test_files_of_one_name_get_the_same_ids_and_shards_in_any_folder(tmp_path):
     """The main job's corpora are wikitext2/documents.jsonl, news/documents.jsonl, ...: their document ids (which
-    pick each document's split) once held the absolute path, so two clones of the project made different splits and
-    vocabularies from the same text. The ids now use the fewest trailing folders that tell the files apart."""
+    pick each document's split) once held the absolute path, so two clones of the project made different validation
+    splits from the same text. The ids now use the fewest trailing folders that tell the files apart."""
     from test_data_prep_helpers import shard_files
 
     docs = lee_docs()

@@ -336,7 +336,7 @@ def test_bad_inputs_are_named(tmp_path, caplog):
     rows = [{"text": f"w{i}", "label": "a" if i < 60 else "b"} for i in range(100)]
     with caplog.at_level("WARNING", logger="pipeline.finetune.tasks"):
         load_task(_cls_task(tmp_path, rows, rows), max_train=50)
-        load_task(_cls_task(tmp_path, rows[::-1][::2] + rows[::2], rows), max_train=50)  # 50/50 in the first 50
+        load_task(_cls_task(tmp_path, rows[::-1][::2] + rows[::2], rows), max_train=50)  # first 50 as the whole: 60/40
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "train.csv: max_train_samples=50 keeps the first 50 of 100" in warned[0]
     assert "100% 'a' against 60% in the whole split" in warned[0]
