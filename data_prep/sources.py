@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
 
 from data_prep.config import DataPrepConfig
@@ -80,15 +79,17 @@ def unique_names(files: list[tuple[str, str]]) -> list[str]:
     split: relative, so moving the corpus keeps them. Names that clash (``a/documents.jsonl``, ``b/documents.jsonl``
     given as files) take the fewest trailing path components that tell them apart, never the absolute path, so the
     same corpus in another folder or on another machine gives the same ids, splits and shards."""
-    counts = Counter(name for _, name in files)
-    parts = [Path(os.path.abspath(path)).parts for path, _ in files]
-    out = []
+    clashes: dict[str, list[int]] = {}
     for i, (_, name) in enumerate(files):
-        rivals = [parts[j] for j, (_, other) in enumerate(files) if other == name and j != i]
-        k = 1 if counts[name] == 1 else 2
-        while k < len(parts[i]) and any(r[-k:] == parts[i][-k:] for r in rivals):
-            k += 1
-        out.append(name if counts[name] == 1 else "/".join(parts[i][-k:]))
+        clashes.setdefault(name, []).append(i)
+    out = [name for _, name in files]
+    for group in (g for g in clashes.values() if len(g) > 1):  # only clashing names are compared: a few files each
+        parts = {i: Path(os.path.abspath(files[i][0])).parts for i in group}
+        for i in group:
+            k = 2
+            while k < len(parts[i]) and any(parts[j][-k:] == parts[i][-k:] for j in group if j != i):
+                k += 1
+            out[i] = "/".join(parts[i][-k:])
     return out
 
 

@@ -36,10 +36,9 @@ from pathlib import Path
 
 from launch.demo_profiles import PROFILES, rehearsal, replace
 from launch.demo_summary import headline
-from launch.stages import forward_stop_signals, run
+from launch.stages import ROOT, forward_stop_signals, run
 from pipeline.dist import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache", "rehearse")
 REHEARSAL = "REHEARSAL"  # the marker file of a rehearsal's out folder
 
