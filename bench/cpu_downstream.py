@@ -71,7 +71,7 @@ def finetune(
 
 
 def spread(xs: list[float]) -> str:
-    from launch.collect import seed_sd
+    from pipeline.results import seed_sd
 
     return f"{statistics.median(xs):.3f} +- {seed_sd(xs):.3f}"
 
@@ -92,7 +92,7 @@ def main() -> None:
     a, extra = p.parse_known_args()
     from bench.cpu_recipe import prepare, read_run
     from data_prep.fetch import fetch_one
-    from launch.demo_summary import welch_ci
+    from pipeline.results import welch_ci
 
     real = a.work / "real"
     fetch_one(a.task, real)

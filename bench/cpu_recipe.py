@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=0, help="schedule length in steps (default: --steps)")
     p.add_argument("--warmup", type=int, default=50)
     a = p.parse_args()
-    from launch.demo_summary import unigram_level
+    from data_prep.stats import unigram_level
 
     data = a.data or prepare(a.work)
     level = unigram_level(data)

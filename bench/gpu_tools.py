@@ -43,7 +43,7 @@ def check() -> None:
     """Varlen (flash on CUDA) against the block-diagonal SDPA mask, same weights, same packed batch."""
     from types import SimpleNamespace
 
-    from pipeline.pretrain.data import Masker
+    from pipeline.pretrain.masking import Masker
     from pipeline.pretrain.model import build_model
     from pipeline.pretrain.packing import pack_batch
 

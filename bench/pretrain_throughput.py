@@ -118,13 +118,14 @@ from transformers import (AutoTokenizer, BertForPreTraining, DataCollatorForLang
                           TrainingArguments, TrainerCallback)
 from omegaconf import OmegaConf
 sys.path.insert(0, sys.argv[1])
-from pipeline.pretrain import data as D
+from data_prep.format import load_data_spec
 from pipeline.pretrain.model import bert_config
+from pipeline.pretrain.streams import read_samples
 data, preset, steps, batch = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-spec = D.load_data_spec(data)
+spec = load_data_spec(data)
 samples = []
 for shard in spec.train:
-    for item in D.read_samples(shard, 0, "skip"):
+    for item in read_samples(shard, 0, "skip"):
         ids, a_len, nsp = item
         tt = [0] * (a_len + 2) + [1] * (len(ids) - a_len - 2)
         samples.append({"input_ids": ids.astype(np.int64).tolist(), "token_type_ids": tt, "next_sentence_label": nsp})
@@ -169,24 +170,14 @@ def run_baseline(data: Path, model: str, steps: int, batch: int, precision: str 
 
 
 def loader_rate(data: Path, batch: int) -> float:
-    from pipeline.pretrain import data as D
+    from data_prep.format import load_data_spec
+    from pipeline.pretrain.masking import Masker
+    from pipeline.pretrain.streams import PretrainStreams, StreamSettings
 
-    spec = D.load_data_spec(data)
-    masker = D.Masker(spec, 0.15, None, 8, False)
-    ds = D.PretrainStreams(
-        spec.train,
-        masker,
-        rank=0,
-        world=1,
-        streams_per_rank=1,
-        micro_batch=batch,
-        epoch=0,
-        start_batch=0,
-        seed=1,
-        shuffle=True,
-        shuffle_block=2048,
-        on_bad="skip",
-    )
+    spec = load_data_spec(data)
+    masker = Masker(spec, 0.15, None, 8, False)
+    settings = StreamSettings(seed=1, shuffle=True, shuffle_block=2048, length_buckets=False, on_bad="skip")
+    ds = PretrainStreams(spec.train, masker, settings, rank=0, world=1, streams_per_rank=1, micro_batch=batch, epoch=0)
     t = time.perf_counter()
     n = sum(b["input_ids"].shape[0] for b in ds)
     return n / (time.perf_counter() - t)

@@ -2,7 +2,7 @@
 
     python -m launch.check --world-size 16 -- data.path=/data/wiki model=bert-base engine=gpu run_dir=ckpt/base
 
-The same checks as ``launch.submit`` and the Hydra Slurm launcher run before submitting (pipeline/preflight.py):
+The same checks as ``launch.submit`` and the bertrun Hydra launchers run before submitting (pipeline/preflight.py):
 launch/pretrain.sbatch calls it first, so a typo ends the job in seconds, before srun starts any rank. Exit 0 and
 one ``ok:`` line, or one ``error:`` line and exit 2.
 """
@@ -12,18 +12,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.checks import check_job_config
 from pipeline.config import ConfigError
+from pipeline.preflight import check_job
+from pipeline.stages import LAUNCHABLE
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["pretrain", "finetune"], default="pretrain")
+    p.add_argument("--stage", choices=LAUNCHABLE, default="pretrain")
     p.add_argument("--world-size", type=int, default=1, help="ranks the job will run (nodes x tasks per node)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the stage, after --")
     args = p.parse_args(argv)
     try:
-        check_job_config(args.stage, args.overrides, args.world_size)
+        check_job(args.stage, args.overrides, args.world_size)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,27 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
 
-import yaml
+from pipeline.results import expected_jobs, finetune_results, job_dirs, overrides, read_json, seed_sd, sweeps_in
 
 PRETRAIN_METRICS = ("step", "val_loss", "val_mlm_acc", "val_nsp_acc", "val_mlm_loss", "val_nsp_loss")
-
-
-def expected_jobs(sweep: Path) -> int | None:
-    """How many jobs the sweep launched, from the multirun.yaml Hydra writes first (None without it)."""
-    f = sweep / "multirun.yaml"
-    if not f.is_file():
-        return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    task = (yaml.safe_load(f.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
-    parsed = OverridesParser.create().parse_overrides([o for o in task if not o.startswith("hydra")])
-    return sum(len(b) for b in BasicSweeper.split_arguments(parsed, None))
 
 
 def problems(sweep: Path, result_file: str) -> list[str]:
@@ -56,30 +42,6 @@ def problems(sweep: Path, result_file: str) -> list[str]:
     return out
 
 
-def job_dirs(sweep: Path) -> list[Path]:
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
-    return sorted(jobs, key=lambda p: (len(p.name), p.name))
-
-
-def sweeps_in(folder: Path) -> list[Path]:
-    """The sweeps to collect: ``folder`` itself when it holds jobs, else its subfolders that do (a folder of sweeps,
-    e.g. the suite with WNUT-16 swept apart at more epochs: one table for them all)."""
-    if not folder.is_dir():
-        return []
-    if job_dirs(folder):
-        return [folder]
-    return [d for d in sorted(folder.iterdir()) if d.is_dir() and job_dirs(d)]
-
-
-def results_of(jobs: list[Path]) -> list[dict]:
-    return [json.loads((j / "results.json").read_text()) for j in jobs if (j / "results.json").is_file()]
-
-
-def overrides(job: Path) -> dict[str, str]:
-    items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-    return dict(o.split("=", 1) for o in items if "=" in o)
-
-
 def pretrain_rows(jobs: list[Path]) -> tuple[list[str], list[list]]:
     ovs = [overrides(j) for j in jobs]
     # Only the overrides that vary between jobs get a column; the shared ones are the same for every row.
@@ -88,17 +50,12 @@ def pretrain_rows(jobs: list[Path]) -> tuple[list[str], list[list]]:
     rows = []
     for j in jobs:
         ov = overrides(j)
-        summary = json.loads((j / "summary.json").read_text()) if (j / "summary.json").is_file() else {}
+        summary = read_json(j / "summary.json")
         status = "missing" if not summary else ("stopped" if summary.get("stopped_by_signal") else "done")
         if summary and summary.get("step", 0) < summary.get("max_steps", 0) and status == "done":
             status = "incomplete"
         rows.append([j.name, *(ov.get(k, "") for k in keys), *(summary.get(m, "") for m in PRETRAIN_METRICS), status])
     return header, rows
-
-
-def seed_sd(xs: list[float]) -> float:
-    """The spread over seeds: the sample stdev, 0 for a single seed."""
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def _num(v) -> float | None:
@@ -197,7 +154,7 @@ def collect(folder: str | Path) -> str:
         )
     jobs = [j for s in sweeps for j in job_dirs(s)]
     if is_finetune(jobs):
-        results = results_of(jobs)
+        results = finetune_results(jobs)
         suite = suite_rows(results)
         if suite:  # pretrained vs random init: the per-task table would mix the two, so the suite's table replaces it
             return write_tables(folder, *suite, stem="suite")

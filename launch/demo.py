@@ -216,17 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
-    run(
-        "reports",
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pipeline.report import report\nfor d in sys.argv[1:]: print(report(d))",
-            str(pre),
-            *(str(d) for d, _ in sweeps.values()),
-        ],
-        logs / "report.log",
-    )
+    for d in [pre, *(d for d, _ in sweeps.values())]:  # plots and report.md of each run and sweep
+        name = "pretrain" if d == pre else d.relative_to(out).as_posix().replace("/", "-")
+        run(f"report: {name}", [sys.executable, "-m", "pipeline.report", f"run_dir={d}"], logs / f"report-{name}.log")
     return headline(out, pre, hf, [d for d, _ in sweeps.values()], prof, timings, time.perf_counter() - t0)
 
 

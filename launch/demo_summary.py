@@ -9,28 +9,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import tarfile
-from collections import Counter
 from pathlib import Path
 
-from data_prep.format import decode_ids
-from launch.collect import seed_sd
-
-
-def welch_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its Welch t confidence interval over the seeds (nan bounds with fewer than 2 each)."""
-    diff = statistics.mean(a) - statistics.mean(b)
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan, math.nan
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t
-
-    half = float(t.ppf(0.5 + level / 2, df)) * se
-    return diff, diff - half, diff + half
+from data_prep.stats import nsp_majority, unigram_level
+from pipeline.results import suite_average, task_results
 
 
 def verdict(task: str, metric: str, diff: float, lo: float, hi: float, n: int) -> str:
@@ -43,63 +25,6 @@ def verdict(task: str, metric: str, diff: float, lo: float, hi: float, n: int) -
     if math.isnan(lo):
         return f"{task}: {pts} (one seed per side: no confidence interval; run seeds=1,2,3)"
     return f"no measurable difference on {task} at this budget: {pts} ({ci} includes 0)"
-
-
-def unigram_level(data: Path) -> float | None:
-    """Validation MLM accuracy of always predicting the most frequent token: the plateau a model must leave."""
-    manifest = json.loads((data / "manifest.json").read_text())
-    special = set(manifest["tokenizer"]["special_ids"].values())
-    counts: Counter = Counter()
-    for shard in sorted(data.glob("val-*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if m.name.endswith(".input_ids.npy"):
-                    ids = decode_ids(tar.extractfile(m).read())
-                    counts.update(int(i) for i in ids if int(i) not in special)
-    total = sum(counts.values())
-    return counts.most_common(1)[0][1] / total if total else None
-
-
-def task_results(*sweeps: Path) -> dict[str, dict]:
-    """Per task, each side's metric over seeds (median, stdev) and the difference with its Welch interval, from the
-    jobs of these sweep folders only (not from older runs elsewhere under the finetune folder)."""
-    out: dict[str, dict] = {}
-    for f in [f for sweep in sweeps for f in sorted(sweep.glob("*/results.json"))]:
-        r = json.loads(f.read_text())
-        t = out.setdefault(
-            r["task"],
-            {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0, "seeds": {}},
-        )
-        side = "random_init" if r["source"].get("random_init") else "pretrained"
-        t[side].append(r["validation"][r["main_metric"]])
-        t["seeds"].setdefault(side, []).append(r["seed"])
-        t["n_val"] = r["validation_examples"]
-    for t in out.values():
-        for side in ("pretrained", "random_init"):
-            v = t[side]
-            t[f"{side}_median"] = statistics.median(v) if v else math.nan
-            t[f"{side}_sd"] = seed_sd(v)
-        if t["pretrained"] and t["random_init"]:
-            t["difference"], t["ci_low"], t["ci_high"] = welch_ci(t["pretrained"], t["random_init"])
-    return out
-
-
-def suite_average(tasks: dict[str, dict]) -> dict | None:
-    """The suite's score per seed (the mean over tasks of that seed's metric), for each side, and the difference with
-    its Welch interval over those per-seed scores; None for fewer than 2 tasks. Only seeds that every task has on
-    that side count, so a missing run cannot tilt the average."""
-    if len(tasks) < 2:
-        return None
-    avg: dict = {"n_tasks": len(tasks)}
-    for side in ("pretrained", "random_init"):
-        common = set.intersection(*(set(t["seeds"].get(side, [])) for t in tasks.values()))
-        per_seed = [statistics.mean(t[side][t["seeds"][side].index(s)] for t in tasks.values()) for s in sorted(common)]
-        avg[side], avg[f"{side}_seeds"] = per_seed, sorted(common)
-        avg[f"{side}_median"] = statistics.median(per_seed) if per_seed else math.nan
-        avg[f"{side}_sd"] = seed_sd(per_seed)
-    if avg["pretrained"] and avg["random_init"]:
-        avg["difference"], avg["ci_low"], avg["ci_high"] = welch_ci(avg["pretrained"], avg["random_init"])
-    return avg
 
 
 def self_check(
@@ -158,10 +83,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     unigram = unigram_level(out / "data")
     tasks = task_results(*sweeps)
     mlm, nsp = summary.get("val_mlm_acc", math.nan), summary.get("val_nsp_acc", math.nan)
-    val = manifest["splits"].get("val", {})
-    # data_prep draws random next sentences with probability 0.5, but short documents shift the mix: not 0.5 exactly.
-    n, rnd = val.get("samples", 0), val.get("random_next", 0)
-    nsp_majority = max(rnd, n - rnd) / n if n else math.nan
+    majority = nsp_majority(manifest)
     what = f"profile={profile.name}"
     if profile.rehearsal:
         what += "; a REHEARSAL at tiny sizes: it checks the flow, its numbers say nothing about the profile"
@@ -172,7 +94,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
         f"tokens in {manifest['splits']['train']['samples']:,} instances: `{out / 'data'}`",
         f"- pretraining: {summary['step']} steps, {summary['tokens']:,} tokens; validation MLM accuracy {mlm:.3f} "
         f"(always predicting the most frequent token: {unigram:.3f}), NSP accuracy {nsp:.3f} "
-        f"(always the majority class: {nsp_majority:.3f}), "
+        f"(always the majority class: {majority:.3f}), "
         f"loss {summary.get('val_loss', math.nan):.3f}: `{pre}` (report: `{pre / 'report' / 'report.md'}`)",
         f"- Hugging Face export: `{hf}`",
         "",
@@ -193,7 +115,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
         "rehearsal": profile.rehearsal,
         "pretrain": {k: summary.get(k) for k in ("step", "tokens", "val_mlm_acc", "val_nsp_acc", "val_loss")},
         "unigram_mlm_acc": unigram,
-        "nsp_majority_acc": nsp_majority,
+        "nsp_majority_acc": majority,
         "tasks": tasks,
         "average": average,
         "verdicts": verdicts,

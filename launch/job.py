@@ -18,13 +18,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         import logging
 
         from pipeline.dist import detect
-        from pipeline.run import compose, run_stage, stage_function
+        from pipeline.preflight import compose
+        from pipeline.run import run_stage
+        from pipeline.stages import run_function
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         cfg = compose(self.stage, overrides)
         if not cfg.get("run_dir"):
             raise ValueError("launch.submit needs run_dir=... (the job resumes from it after a requeue)")
-        result = run_stage(stage_function(self.stage), cfg, cfg.run_dir)
+        result = run_stage(run_function(self.stage), cfg, cfg.run_dir)
         return {
             "rank": detect().rank,
             "step": result.step,

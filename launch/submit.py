@@ -20,9 +20,11 @@ from pathlib import Path
 import submitit
 import yaml
 
-from launch.checks import LaunchError, check_capacity, check_job_config, check_slurm_request
 from launch.job import TrainJob
+from launch.resources import LaunchError, check_capacity, check_slurm_request
 from pipeline.config import ConfigError
+from pipeline.preflight import check_job
+from pipeline.stages import LAUNCHABLE
 
 PRESET = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "launcher" / "slurm.yaml"
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m launch.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--stage", choices=["pretrain", "finetune"], default="pretrain")
+    p.add_argument("--stage", choices=LAUNCHABLE, default="pretrain")
     p.add_argument("--nodes", type=int, default=d["nodes"])
     p.add_argument("--tasks-per-node", type=int, default=d["tasks_per_node"], help="one per GPU")
     p.add_argument("--gpus-per-node", type=int, default=d["gpus_per_node"])
@@ -76,7 +78,7 @@ def submit(args: argparse.Namespace) -> submitit.Job | None:
             args.partition, args.nodes, args.tasks_per_node, args.cpus_per_task, args.mem_gb, args.gpus_per_node
         )
     # The job's config, composed and checked here: a typo must not wait hours in the queue to fail on a node.
-    check_job_config(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
+    check_job(args.stage, list(args.overrides), args.tasks_per_node * (1 if args.local else args.nodes))
     if args.dry_run:
         return None
     folder = Path(args.folder or Path(run_dir) / "submitit") / "%j"

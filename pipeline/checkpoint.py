@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.storage import remove_quietly, storage_error, write_failed
+
 log = logging.getLogger(__name__)
 
 
@@ -138,20 +140,35 @@ class CheckpointManager:
     def save(self, engine, state: TrainState, config_yaml: str) -> str:
         tag = self.tag(state.step)
         folder = self.root / tag
+        previous = self.latest()
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if folder.exists():  # an earlier save of this step that did not complete
                 shutil.rmtree(folder)
         self.barrier()
-        engine.save(self.root, tag, client_state={"trainer": state.state_dict()})
-        torch.save(rng_state(), folder / f"rank_{self.rank:05d}.pt")
-        self.barrier()
+        try:
+            engine.save(self.root, tag, client_state={"trainer": state.state_dict()})
+            torch.save(rng_state(), folder / f"rank_{self.rank:05d}.pt")
+            self.barrier()
+            if self.rank == 0:
+                _pause_for_tests(state.step)
+                _atomic_write(folder / "trainer_state.json", json.dumps(state.state_dict(), indent=2))
+                _atomic_write(folder / "config.yaml", config_yaml)
+                _atomic_write(folder / "COMPLETE", tag + "\n")
+                _atomic_write(self.root / "latest.json", json.dumps({"tag": tag, "step": state.step}))
+        except (OSError, RuntimeError) as e:
+            if not write_failed(e):
+                raise
+            # latest.json still names the previous complete checkpoint: nothing is lost but the steps since.
+            if self.rank == 0:
+                remove_quietly(folder)
+            resume = f"step {int(previous[5:])} ({self.root / previous})" if previous else "step 0 (no checkpoint yet)"
+            raise storage_error(
+                f"saving checkpoint {tag} (step {state.step}) in {self.root}", self.root, e,
+                f"the run stopped and resumes from {resume} when the same command runs again, once space is freed "
+                f"(or point run_dir elsewhere)",
+            ) from e  # fmt: skip
         if self.rank == 0:
-            _pause_for_tests(state.step)
-            _atomic_write(folder / "trainer_state.json", json.dumps(state.state_dict(), indent=2))
-            _atomic_write(folder / "config.yaml", config_yaml)
-            _atomic_write(folder / "COMPLETE", tag + "\n")
-            _atomic_write(self.root / "latest.json", json.dumps({"tag": tag, "step": state.step}))
             self._prune(keep=tag)
         self.barrier()
         return tag

@@ -1,8 +1,9 @@
 """What every ``python -m pipeline.*`` entry does around its Hydra main: one-line errors and ``--help``.
 
 A mistake the user can fix (a misspelt key, a value outside a choice, a missing ``???`` value, a ConfigError,
-DataError, TaskDataError, ExportError or ReportError) prints one line, ``error: <key or file>: <what to do>``, on
-one rank only, and exits 2; the traceback comes back with ``BERTRUN_DEBUG=1`` or Hydra's own ``HYDRA_FULL_ERROR=1``.
+DataError, TaskDataError, ExportError or ReportError), or a failed write (StorageError: a full disk), prints one
+line, ``error: <key or file>: <what to do>``, on one rank only, and exits 2; the traceback comes back with
+``BERTRUN_DEBUG=1`` or Hydra's own ``HYDRA_FULL_ERROR=1``.
 Anything else is a bug and keeps its traceback. Under torchrun the line also goes to the elastic error file, so
 torchrun's closing "ChildFailedError" block names it as the root cause instead of a link to its docs.
 
@@ -24,7 +25,6 @@ from pathlib import Path
 
 USER_ERROR = 2
 DEBUG_VARS = ("BERTRUN_DEBUG", "HYDRA_FULL_ERROR")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 _OURS = "BERTRUN_SET_HYDRA_FULL_ERROR"  # marks a HYDRA_FULL_ERROR we set, which Slurm jobs inherit from us
@@ -56,9 +56,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     from data_prep.format import DataError
     from pipeline.config import ConfigError
+    from pipeline.storage import StorageError
 
     # ExportError, TaskDataError, ReportError and launch's LaunchError derive from ConfigError.
-    return ConfigError, DataError, MissingMandatoryValue, FileNotFoundError
+    return ConfigError, DataError, MissingMandatoryValue, FileNotFoundError, StorageError
 
 
 def _omegaconf_line(e: BaseException, override: str | None = None) -> str:

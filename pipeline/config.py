@@ -66,7 +66,6 @@ class EngineConfig:
     accelerator: str | None = None  # null: DeepSpeed picks (cuda on GPUs, cpu otherwise)
     fp16_initial_scale_power: int = 16
     fp16_loss_scale_window: int = 1000
-    seed_workers_by_rank: bool = True
     timeout_s: int = 600  # process-group timeout: ranks that cannot meet fail with a message, not a hang
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)  # merged last into the generated JSON
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError
+from pipeline.storage import storage_error, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,20 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
             f"checkpoint {ckpt_root / tag} does not match BertForPreTraining: missing {missing}, "
             f"unexpected {unexpected}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    for f in tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
-    write_card(out, cfg, state, data, tag)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        for f in tokenizer_dir.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+        write_card(out, cfg, state, data, tag)
+    except (OSError, RuntimeError) as e:
+        if not write_failed(e):
+            raise
+        raise storage_error(
+            f"exporting {ckpt_root / tag} to {out}", out, e,
+            "the checkpoint is untouched; free space (or give output=DIR elsewhere) and export again",
+        ) from e  # fmt: skip
     log.info("exported %s/%s to %s", ckpt_root, tag, out)
     return out
 

@@ -11,50 +11,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import textwrap
-from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-ENTRIES = {
-    "pretrain": (
-        "Pretrain BERT (MLM + NSP) on data_prep shards with DeepSpeed ZeRO; rerun in the same run_dir to resume.",
-        "python -m pipeline.pretrain data.path=DIR model=bert-base run_dir=checkpoints/NAME [key=value ...]",
-        ("model", "engine", "optim"),
-        "README.md, section 2 (Pretrain); Slurm: section 3",
-    ),
-    "finetune": (
-        "Finetune a pretraining run_dir or a Hugging Face BERT on a task (GLUE, your files, NER, SQuAD, LoRA).",
-        "python -m pipeline.finetune model.path=RUN_DIR_or_HF_DIR task=sst2 [key=value ...]",
-        ("task", "engine", "optim"),
-        "README.md, section 5 (Finetune); every key: pipeline/finetune/README.md",
-    ),
-    "export": (
-        "Export a pretraining checkpoint (any ZeRO stage) to a Hugging Face directory.",
-        "python -m pipeline.export run_dir=DIR [step=N] [output=HF_DIR]",
-        (),
-        "README.md, section 4 (Export)",
-    ),
-    "report": (
-        "Plots and report.md for a pretraining run, a finetuning run or a sweep, in <run_dir>/report/.",
-        "python -m pipeline.report run_dir=DIR [out=DIR]",
-        (),
-        "README.md, section 6 (Report)",
-    ),
-}
-
-
-def _schema(entry: str) -> type:
-    if entry == "pretrain":
-        from pipeline.pretrain.config import PretrainConfig
-
-        return PretrainConfig
-    if entry == "finetune":
-        from pipeline.finetune.config import FinetuneConfig
-
-        return FinetuneConfig
-    from pipeline.config import ExportConfig, ReportConfig
-
-    return ExportConfig if entry == "export" else ReportConfig
+from pipeline.stages import CONF_DIR, schema, stage
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -71,11 +29,11 @@ def _default(f: dataclasses.Field) -> str:
     return "null" if v is None else str(v)
 
 
-def _kind(f: dataclasses.Field, schema: type) -> type | None:
+def _kind(f: dataclasses.Field, of: type) -> type | None:
     """The dataclass a field holds (engine, data, ...), or None for a plain value."""
     import typing
 
-    hint = typing.get_type_hints(schema).get(f.name)
+    hint = typing.get_type_hints(of).get(f.name)
     return hint if dataclasses.is_dataclass(hint) else None
 
 
@@ -93,8 +51,9 @@ def _default_preset(entry: str, group: str) -> str:
 
 
 def help_text(entry: str) -> str:
-    what, usage, groups, readme = ENTRIES[entry]
-    schema = _schema(entry)
+    s = stage(entry)
+    what, usage, groups, readme = s.what, s.usage, s.groups, s.readme
+    kind = schema(entry)
     lines = [what, "", f"usage: {usage}", ""]
     if groups:
         lines.append("config groups (group=preset; the default in brackets):")
@@ -104,12 +63,12 @@ def help_text(entry: str) -> str:
                 f"{g:8} [{d}] " + ", ".join(_presets(g)), 118, initial_indent="  ", subsequent_indent=" " * 11
             )
         lines.append("")
-    plain = [f for f in dataclasses.fields(schema) if _kind(f, schema) is None]
-    nested = [f for f in dataclasses.fields(schema) if _kind(f, schema) is not None]
+    plain = [f for f in dataclasses.fields(kind) if _kind(f, kind) is None]
+    nested = [f for f in dataclasses.fields(kind) if _kind(f, kind) is not None]
     lines.append("keys (key=value; the default after the name):")
     lines += [f"  {f.name} = {_default(f)}" for f in plain]
     for f in nested:
-        names = ", ".join(g.name for g in dataclasses.fields(_kind(f, schema)))
+        names = ", ".join(g.name for g in dataclasses.fields(_kind(f, kind)))
         lines += textwrap.wrap(f"{f.name}.{{{names}}}", 118, initial_indent="  ", subsequent_indent="    ")
     lines.append("")
     if groups:

@@ -13,6 +13,8 @@ import os
 import uuid
 from pathlib import Path
 
+from pipeline.storage import storage_error
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,14 @@ class JsonlSink(Sink):
 
     def log(self, metrics: dict, step: int) -> None:
         rec = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self.f.write(json.dumps(rec) + "\n")
+        try:
+            self.f.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise storage_error(
+                f"writing {self.path} (step {step})", self.path.parent, e,
+                "the run stopped; free space and run the same command again: it resumes from its last complete "
+                "checkpoint",
+            ) from e  # fmt: skip
 
     def close(self) -> None:
         self.f.close()

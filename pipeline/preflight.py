@@ -1,5 +1,5 @@
 """A stage's config composed and checked without running anything: what a submitting machine does before a job is
-queued (launch.submit, the Hydra launcher callback, launch.check in the sbatch script), so that a typo fails in
+queued (launch.submit, the bertrun Hydra launchers, launch.check in the sbatch script), so that a typo fails in
 seconds here instead of after hours in the queue.
 
 Checks only what needs no data, model or process group: composition (unknown keys, values outside a choice, missing
@@ -8,14 +8,10 @@ presets), required values left at ``???``, interpolations, and the batch plan fo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.config import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-STAGE_NAMES = ("pretrain", "finetune")
+from pipeline.stages import CONF_DIR, LAUNCHABLE, schema
 
 
 def compose(stage: str, overrides: list[str]) -> DictConfig:
@@ -23,11 +19,9 @@ def compose(stage: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import pipeline.finetune.config  # noqa: F401 - registers the schemas
-    import pipeline.pretrain.config  # noqa: F401
-
-    if stage not in STAGE_NAMES:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGE_NAMES)}")
+    if stage not in LAUNCHABLE:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(LAUNCHABLE)}")
+    schema(stage)  # importing the schema's module registers it (and its groups' schemas) in Hydra's ConfigStore
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=stage, overrides=list(overrides))
 

@@ -16,9 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
 from pipeline.config import ConfigError  # noqa: E402
+from pipeline.results import job_dirs, overrides, read_json  # noqa: E402
 
 
 class ReportError(ConfigError):
@@ -67,7 +67,7 @@ def table(rows: list[tuple[str, object]]) -> list[str]:
 def pretrain_report(run: Path, out: Path) -> list[str]:
     recs = read_jsonl(run / "metrics.jsonl")
     train = [r for r in recs if "loss" in r]
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    summary = read_json(run / "summary.json")
     s = lambda k: series(recs, k)  # noqa: E731
     figs = [
         plot(
@@ -154,17 +154,9 @@ def finetune_report(run: Path, out: Path) -> list[str]:
     return [f"# Finetuning run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs)]
 
 
-def job_dirs(sweep: Path) -> list[Path]:
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").is_file()]
-    return sorted(jobs, key=lambda p: (len(p.name), p.name))
-
-
 def sweep_report(sweep: Path, out: Path) -> list[str]:
     jobs = job_dirs(sweep)
-    ovs = {
-        j: dict(o.split("=", 1) for o in yaml.safe_load((j / ".hydra/overrides.yaml").read_text()) or [] if "=" in o)
-        for j in jobs
-    }
+    ovs = {j: overrides(j) for j in jobs}
     varying = sorted({k for o in ovs.values() for k in o if len({x.get(k) for x in ovs.values()}) > 1})
     label = lambda j: " ".join(f"{k}={ovs[j].get(k, '')}" for k in varying) or j.name  # noqa: E731
     finetune = any((j / "results.json").is_file() for j in jobs)
@@ -177,11 +169,11 @@ def sweep_report(sweep: Path, out: Path) -> list[str]:
     names, values = [], []
     for j in jobs:
         if finetune:
-            res = json.loads((j / "results.json").read_text()) if (j / "results.json").is_file() else None
+            res = read_json(j / "results.json") or None
             value = res["validation"][res["main_metric"]] if res else None
             metric = res["main_metric"] if res else "?"
         else:
-            summary = json.loads((j / "summary.json").read_text()) if (j / "summary.json").is_file() else {}
+            summary = read_json(j / "summary.json")
             value, metric = summary.get("val_loss"), "val_loss"
         lines.append(f"| {j.name} | " + " | ".join(ovs[j].get(k, "") for k in varying) + f" | {metric} {fmt(value)} |")
         if value is not None:

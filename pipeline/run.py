@@ -21,7 +21,6 @@ from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_c
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
-from pipeline.preflight import STAGE_NAMES, compose  # noqa: F401 - compose: launch.job's entry to the config
 from pipeline.runlock import RunDirBusy, RunLock
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,7 @@ class RunResult:
     step: int
     stopped_by_signal: int = 0
     final: dict | None = None
+    stopped: bool = False  # stopped before the end (a signal or stop_after_steps) with a checkpoint: resumable
 
 
 @dataclass
@@ -51,6 +51,17 @@ class Run:
     bar: tqdm
     config_yaml: str
     lock: RunLock | None = None
+
+    def save_or_stop(self, cfg, stop_signal: int, result: RunResult, at_end: bool = False) -> bool:
+        """Stop on a signal (agreed by all ranks) or at stop_after_steps; checkpoint every N steps, at ``at_end``,
+        and before stopping early. Returns whether the loop stops here (``result`` then says why)."""
+        step = self.state.step
+        stop = bool(stop_signal) or (cfg.stop_after_steps is not None and step >= cfg.stop_after_steps)
+        if step % cfg.checkpoint.every_steps == 0 or at_end or stop:
+            self.ckpt.save(self.engine, self.state, self.config_yaml)
+        if stop:
+            result.stopped_by_signal, result.stopped = stop_signal, True
+        return stop
 
     def close(self) -> None:
         self.bar.close()
@@ -159,16 +170,3 @@ def run_hydra_stage(stage: Callable[..., RunResult], cfg: DictConfig) -> RunResu
     if rank() == 0 and (text := closing_summary(run_dir)):
         print(text, flush=True)
     return result
-
-
-def stage_function(name: str) -> Callable[..., RunResult]:
-    """The stage's run function, imported on demand (a submitting process needs none of the training code)."""
-    if name == "pretrain":
-        from pipeline.pretrain.loop import pretrain
-
-        return pretrain
-    if name == "finetune":
-        from pipeline.finetune.loop import finetune
-
-        return finetune
-    raise ValueError(f"unknown stage {name!r}: expected one of {', '.join(STAGE_NAMES)}")

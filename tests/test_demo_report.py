@@ -147,7 +147,12 @@ def test_gpu_profile_rehearses_its_whole_flow_on_the_cpu(registry, tmp_path):
         assert {c["epochs"] for c in configs} == {epochs} and {c["max_train_samples"] for c in configs} == {64}
         if not torch.cuda.is_available():
             assert {(c["engine"]["precision"], c["engine"]["accelerator"]) for c in configs} == {("fp32", "cpu")}
-    # Side by side: each sweep's first job started before the other's last one ended.
+    # Side by side, and each progress bar names its job: the task, the arm and the seed.
+    bars = [ln.strip() for ln in p.stdout.splitlines() if re.search(r"\d+/\d+ \[\d", ln) and "pretrain:" not in ln]
+    assert bars and all(re.match(r"(trec|wnut16) (pretrained|random init) seed [12]: ", b) for b in bars), bars
+    for task in ("trec", "wnut16"):
+        log = (out / "logs" / f"finetune-{task}.log").read_text()
+        assert all(f"{task} {arm} seed {s}: " in log for arm in ("pretrained", "random init") for s in (1, 2))
     start = {t: (j[0] / ".hydra" / "config.yaml").stat().st_mtime for t, j in jobs.items()}
     end = {t: (j[-1] / "results.json").stat().st_mtime for t, j in jobs.items()}
     assert start["trec"] < end["wnut16"] and start["wnut16"] < end["trec"]
@@ -217,7 +222,8 @@ def read_steps(metrics: Path) -> list[int]:
 def test_confidence_interval_and_headline_wording():
     from scipy.stats import ttest_ind
 
-    from launch.demo_summary import verdict, welch_ci
+    from launch.demo_summary import verdict
+    from pipeline.results import welch_ci
 
     a, b = [0.80, 0.83, 0.81], [0.70, 0.74, 0.71]
     diff, lo, hi = welch_ci(a, b)
@@ -243,7 +249,8 @@ def test_several_tasks_get_a_suite_average_per_seed(tmp_path):
     difference with its interval over those per-seed scores; a seed missing from one task is left out of the mean."""
     from scipy.stats import ttest_ind
 
-    from launch.demo_summary import task_results, task_table
+    from launch.demo_summary import task_table
+    from pipeline.results import task_results
 
     scores = {  # (task, random_init, seed) -> metric
         **{("trec", False, s): v for s, v in zip((1, 2, 3), (0.86, 0.87, 0.90))},
@@ -269,7 +276,7 @@ def test_several_tasks_get_a_suite_average_per_seed(tmp_path):
 def test_the_headline_reads_only_its_own_sweeps(tmp_path):
     """A rerun whose sweeps moved (WNUT-16 now apart, at 20 epochs) leaves the old jobs in the finetune folder: the
     headline counts the jobs of this run's sweeps, not an older WNUT-16 at 3 epochs beside them."""
-    from launch.demo_summary import task_results
+    from pipeline.results import task_results
 
     ft = tmp_path / "finetune"
     write_results(ft, {("wnut16", False, 1): 0.0, ("wnut16", True, 1): 0.0})  # the old layout: ft/0, ft/1
@@ -285,7 +292,8 @@ def test_gpu_profile_checks_its_targets(tmp_path):
     """Every task and the suite average must win by 5 points and by more than 3x the seed spread; the average's
     spread is that of the per-seed suite scores, so two clear wins can still leave a noisy average."""
     from launch.demo_profiles import GPU
-    from launch.demo_summary import self_check, suite_average, task_results
+    from launch.demo_summary import self_check
+    from pipeline.results import suite_average, task_results
 
     def scores(task, pre, rnd):
         return {(task, False, s): v for s, v in enumerate(pre, 1)} | {(task, True, s): v for s, v in enumerate(rnd, 1)}

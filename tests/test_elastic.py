@@ -8,10 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from pipeline.pretrain import data as D
+from data_prep.format import load_data_spec
 from pipeline.pretrain import elastic
+from pipeline.pretrain.masking import Masker
+from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader
 from tests.conftest import TINY, read_metrics, run_module, train_losses
 
 
@@ -23,23 +24,17 @@ def epoch_data(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("epoch"), [96, 120, 72], [32], seq_len=32)
 
 
-def _cfg(block: int):
-    return OmegaConf.create(
-        {
-            "seed": 3,
-            "data": {"shuffle_shards": True, "shuffle_block": block, "on_bad_shard": "skip", "length_buckets": True},
-        }
-    )
+def _settings(block: int) -> StreamSettings:
+    return StreamSettings(seed=3, shuffle=True, shuffle_block=block, length_buckets=True, on_bad="skip")
 
 
-def _served(spec, cfg, masker, rank, world, streams, micro, start, plan=None, stop=None) -> list[tuple[str, int]]:
-    ds = D.PretrainStreams(
-        spec.train, masker, rank=rank, world=world, streams_per_rank=streams, micro_batch=micro, epoch=0,
-        start_batch=start, seed=cfg.seed, shuffle=True, shuffle_block=cfg.data.shuffle_block, on_bad="skip",
-        length_buckets=True, plan=plan,
+def _served(spec, st, masker, rank, world, streams, micro, start, plan=None, stop=None) -> list[tuple[str, int]]:
+    ds = PretrainStreams(
+        spec.train, masker, st, rank=rank, world=world, streams_per_rank=streams, micro_batch=micro, epoch=0,
+        start_batch=start, plan=plan,
     )  # fmt: skip
     out = []
-    for i, b in enumerate(D.make_loader(ds, 0, 2, False)):
+    for i, b in enumerate(make_loader(ds, 0, 2, False)):
         if stop is not None and i >= stop:
             break
         out.extend(tuple(x) for x in b["meta"]["samples"])
@@ -53,13 +48,13 @@ def _served(spec, cfg, masker, rank, world, streams, micro, start, plan=None, st
 def test_resplit_serves_the_rest_of_the_epoch_exactly_once(epoch_data, old, new, block):
     """(world, streams, micro) old -> new after 7 micro-batches per rank, blocks of `block` samples shuffled and
     length-bucketed (the resume lands inside a block): old batches + new plan = the epoch, each sample once."""
-    spec = D.load_data_spec(epoch_data)
-    cfg, masker = _cfg(block), D.Masker(spec, 0.15, None, 8, False)
+    spec = load_data_spec(epoch_data)
+    st, masker = _settings(block), Masker(spec, 0.15, None, 8, False)
     (w0, s0, m0), (w1, s1, m1) = old, new
-    seen = [x for r in range(w0) for x in _served(spec, cfg, masker, r, w0, s0, m0, 0, stop=7)]
+    seen = [x for r in range(w0) for x in _served(spec, st, masker, r, w0, s0, m0, 0, stop=7)]
     resplits = [{"world": w0, "streams": s0, "micro": m0, "batches": 7}]
-    plan = elastic.epoch_plan(spec.train, masker, cfg, 0, resplits, w1, s1)
-    rest = [x for r in range(w1) for x in _served(spec, cfg, masker, r, w1, s1, m1, 0, plan=plan)]
+    plan = elastic.epoch_plan(spec.train, st, 0, resplits, w1, s1)
+    rest = [x for r in range(w1) for x in _served(spec, st, masker, r, w1, s1, m1, 0, plan=plan)]
     epoch = Counter(seen + rest)
     assert max(epoch.values()) == 1, [k for k, n in epoch.items() if n > 1][:5]
     assert len(seen) == 7 * w0 * m0
@@ -67,8 +62,8 @@ def test_resplit_serves_the_rest_of_the_epoch_exactly_once(epoch_data, old, new,
     n = w1 * s1
     assert len(epoch) == len(seen) + n * ((288 - len(seen)) // n // m1 * m1) > 288 - n * m1
     # The same plan resumed from a position inside it (a second resume on the new layout) continues it exactly.
-    tail = _served(spec, cfg, masker, 0, w1, s1, m1, 2, plan=plan)
-    assert tail == _served(spec, cfg, masker, 0, w1, s1, m1, 0, plan=plan)[2 * m1 :]
+    tail = _served(spec, st, masker, 0, w1, s1, m1, 2, plan=plan)
+    assert tail == _served(spec, st, masker, 0, w1, s1, m1, 0, plan=plan)[2 * m1 :]
 
 
 def _train(data, run_dir, nproc, *extra, env=None):

@@ -152,3 +152,64 @@ def test_kill_9_of_one_rank_ends_the_job_naming_it_and_the_next_run_resumes(synt
     again = run_module("pipeline.pretrain", args_for(synth_data, run, *common, f"stop_after_steps={last + 3}"), nproc=2)
     assert f"(step {last})" in again.stdout + again.stderr
     assert steps_logged(run)[-3:] == [last + 1, last + 2, last + 3]
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, mb: int):
+    """A real filesystem of ``mb`` MB (tmpfs; needs root, as CI and the Slurm tests have)."""
+    where.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(where)], capture_output=True)
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()}): this test needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(disk: Path, leave_kb: int) -> Path:
+    """A ballast file that leaves about ``leave_kb`` KB free on ``disk``."""
+    import shutil
+
+    ballast = disk / "ballast"
+    free = shutil.disk_usage(disk).free - leave_kb * 1024
+    with open(ballast, "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, free))
+    return ballast
+
+
+def test_a_full_disk_stops_a_save_in_one_line_and_the_same_command_resumes_once_space_is_freed(synth_data, tmp_path):
+    with small_disk(tmp_path / "disk", 24) as disk:
+        run = disk / "run"
+        cmd = ["global_batch_size=8", "checkpoint.every_steps=2", "checkpoint.keep_last=1"]
+        run_module("pipeline.pretrain", args_for(synth_data, run, *cmd, "max_steps=2"))
+        assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+        # Room for the logs and metrics, not for the next checkpoint (8 MB).
+        ballast = fill(disk, leave_kb=512)
+        p = run_module("pipeline.pretrain", args_for(synth_data, run, *cmd, "max_steps=4"), check=False)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        assert errors[0].startswith("error: saving checkpoint step_00000004 (step 4) in ") and "MB free of" in errors[0]
+        assert "no space left on device" in errors[0] and "resumes from step 2" in errors[0], errors[0]
+        assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+        assert not (run / "checkpoints" / "step_00000004").exists()  # the partial save gave its space back
+        # Space freed: the same command resumes from step 2 and finishes.
+        ballast.unlink()
+        p = run_module("pipeline.pretrain", args_for(synth_data, run, *cmd, "max_steps=4"))
+        assert "resumed from" in p.stderr and json.loads((run / "summary.json").read_text())["step"] == 4
+        assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
+        # The export and metrics.jsonl say the same in one line when the disk is full.
+        fill(disk, leave_kb=64)
+        p = run_module("pipeline.export", [f"run_dir={run}", f"output={disk / 'hf'}"], check=False)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        assert errors[0].startswith("error: exporting ") and "no space left on device" in errors[0]
+        assert "the checkpoint is untouched" in errors[0]
+        from pipeline.metrics import JsonlSink
+        from pipeline.storage import StorageError
+
+        sink = JsonlSink(disk / "metrics.jsonl", None)
+        with pytest.raises(StorageError, match=r"writing .*metrics.jsonl \(step 7\) failed: no space left on device"):
+            for _ in range(2000):
+                sink.log({"loss": 1.0, "note": "x" * 100}, 7)

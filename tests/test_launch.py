@@ -9,7 +9,7 @@ from dataclasses import astuple
 
 import pytest
 
-from launch.checks import LaunchError, check_slurm_request
+from launch.resources import LaunchError, check_slurm_request
 from pipeline.dist import detect, expand_first_host
 from tests.conftest import ROOT, TINY, TWO_RANKS, child_env, run_module, train_losses
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def presets(group: str) -> list[str]:
 
 
 def compose(stage: str, overrides: list[str]):
-    from pipeline.run import compose as run_compose
+    from pipeline.preflight import compose as run_compose
 
     return run_compose(stage, overrides)
 
@@ -96,7 +97,22 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _launch_references(node, where: str = "") -> list[str]:
+    """Every string value of a YAML tree that names a module of launch/ (``_target_: launch.x.Y`` and the like)."""
+    if isinstance(node, dict):
+        return [r for k, v in node.items() for r in _launch_references(v, f"{where}.{k}".lstrip("."))]
+    if isinstance(node, list):
+        return [r for i, v in enumerate(node) for r in _launch_references(v, f"{where}[{i}]")]
+    return [f"{where}: {node}"] if isinstance(node, str) and node.split(".")[0] == "launch" else []
+
+
 def test_imports_point_downstream():
+    import yaml
+
+    # The stages' YAML loads nothing from launch/ either (Hydra imports what a _target_ names on every run).
+    refs = [f"{f.relative_to(ROOT)}: {r}" for f in CONF.rglob("*.yaml") for r in _launch_references(
+        yaml.safe_load(f.read_text()))]  # fmt: skip
+    assert not refs, refs
     for wing in ("pipeline", "data_prep"):
         for f in (ROOT / wing).rglob("*.py"):
             bad = {m for m in _imports(f) if m.split(".")[0] == "launch"}
@@ -119,6 +135,72 @@ def test_the_format_module_does_not_import_the_corpus_readers():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the pipeline modules it imports anywhere in its code (imports inside functions included)."""
+    mods = {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+            for f in (root / "pipeline").rglob("*.py")}  # fmt: skip
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in mods:
+                graph[m] |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                             for a in node.names}  # fmt: skip
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import circle once, as the path that closes it."""
+    cycles, done = [], set()
+
+    def visit(m: str, path: list[str]) -> None:
+        for n in sorted(graph[m]):
+            if n in path:
+                cycle = path[path.index(n) :]
+                if frozenset(cycle) not in done:
+                    done.add(frozenset(cycle))
+                    cycles.append([*cycle, n])
+            elif n not in seen:
+                seen.add(n)
+                visit(n, [*path, n])
+
+    for start in sorted(graph):
+        seen = {start}
+        visit(start, [start])
+    return cycles
+
+
+def test_no_import_circle_inside_pipeline():
+    # A circle (pipeline.run importing the stage loops that import it; data.py and elastic.py importing each other)
+    # means neither side reads alone, and a lazy import hides it from Python until the day it breaks.
+    assert import_cycles(import_graph(ROOT)) == []
+
+
+def test_the_trainer_composes_and_checks_a_config_with_launch_unimportable(tmp_path, synth_data):
+    """pipeline never loads launch/: not by import, not through conf/ (a callback), not through Hydra's plugin scan of
+    hydra_plugins/ (which imports our launcher module on every run)."""
+    stub = tmp_path / "launch"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("raise ImportError('the trainer imported launch/')\n")
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "import pipeline.pretrain.__main__, pipeline.finetune.__main__\n"
+        "from pipeline.preflight import check_job\n"
+        f"cfg = check_job('pretrain', ['data.path={synth_data}', 'model=bert-tiny', 'global_batch_size=8'], 2)\n"
+        "check_job('finetune', ['task=sst2', 'model.path=x'], 1)\n"
+        "import sys; print(cfg.model.name, sorted(m for m in sys.modules if m.split('.')[0] == 'launch'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.split() == ["bert-tiny", "[]"], p.stderr[-2000:]
+    # The entry point itself, through Hydra (plugin scan, callbacks, logging config), with launch/ unimportable.
+    p = subprocess.run([sys.executable, "-m", "pipeline.pretrain", f"data.path={synth_data}", "--cfg", "job"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0 and "Error importing" not in p.stderr, p.stderr[-2000:]
+    assert OmegaConf.create(p.stdout).data.path == str(synth_data)
 
 
 # A run_dir that stands alone (moved, its data gone: export and finetune; the data back: exact resume) is checked

@@ -9,50 +9,48 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.pretrain import data as D
+from data_prep.format import DataError, load_data_spec
+from pipeline.pretrain.masking import Masker, continuation_table
 from pipeline.pretrain.shards import verify_shards
+from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader, plan_epoch
 
 
 def streams(spec, rank=0, world=1, w=1, mbs=8, epoch=0, start=0, seed=3, shuffle=True, block=32, tag=0, buckets=False):
-    masker = D.Masker(spec, 0.15, None, 8, False)
-    return D.PretrainStreams(
+    masker = Masker(spec, 0.15, None, 8, False)
+    return PretrainStreams(
         spec.train,
         masker,
+        StreamSettings(seed, shuffle, block, buckets, "skip"),
         rank=rank,
         world=world,
         streams_per_rank=w,
         micro_batch=mbs,
         epoch=epoch,
         start_batch=start,
-        seed=seed,
-        shuffle=shuffle,
-        shuffle_block=block,
-        on_bad="skip",
         tag=tag,
-        length_buckets=buckets,
     )
 
 
 def batches(ds, workers=0):
-    return list(D.make_loader(ds, workers, 2, False))
+    return list(make_loader(ds, workers, 2, False))
 
 
 def test_plan_gives_every_stream_the_same_count_and_never_repeats():
     sizes = [500, 3, 1, 77, 0, 260]
     for n_streams in (1, 2, 3, 8):
-        pieces, per = D.plan_epoch(sizes, n_streams, epoch=1, seed=5, shuffle=True)
+        pieces, per = plan_epoch(sizes, n_streams, epoch=1, seed=5, shuffle=True)
         assert per == sum(sizes) // n_streams
         assert all(sum(p.stop - p.start for p in s) == per for s in pieces)
         covered = Counter((p.shard, i) for s in pieces for p in s for i in range(p.start, p.stop))
         assert max(covered.values()) == 1  # no sample twice in an epoch
         assert all(0 <= p.start < p.stop <= sizes[p.shard] for s in pieces for p in s)
     # A single shard still feeds every stream.
-    pieces, per = D.plan_epoch([10], 4, 0, 0, True)
+    pieces, per = plan_epoch([10], 4, 0, 0, True)
     assert per == 2 and all(len(s) == 1 for s in pieces)
 
 
 def test_uneven_shards_give_ranks_equal_batches(synth_data):
-    spec = D.load_data_spec(synth_data)
+    spec = load_data_spec(synth_data)
     counts = [len(batches(streams(spec, rank=r, world=3, w=2))) for r in range(3)]
     assert len(set(counts)) == 1 and counts[0] > 0
     assert counts[0] == streams(spec, world=3, w=2).batches_per_epoch
@@ -60,7 +58,7 @@ def test_uneven_shards_give_ranks_equal_batches(synth_data):
 
 @pytest.mark.parametrize("buckets", [False, True])
 def test_resume_position_reproduces_the_same_batches(synth_data, buckets):
-    spec = D.load_data_spec(synth_data)
+    spec = load_data_spec(synth_data)
     full = batches(streams(spec, w=2, epoch=1, buckets=buckets), workers=2)
     for start in (1, 5, 6, len(full) - 1):
         part = batches(streams(spec, w=2, epoch=1, start=start, buckets=buckets), workers=2)
@@ -78,7 +76,7 @@ def test_resume_position_reproduces_the_same_batches(synth_data, buckets):
 
 
 def test_masking_statistics(synth_data):
-    spec = D.load_data_spec(synth_data)
+    spec = load_data_spec(synth_data)
     sp = spec.special_ids
     n_mask = n_cand = n_replaced_mask = n_random = n_kept = 0
     for b in batches(streams(spec, mbs=16, seed=11)):
@@ -105,9 +103,9 @@ def test_masking_statistics(synth_data):
 
 
 def test_whole_word_masking_masks_whole_words(synth_data):
-    spec = D.load_data_spec(synth_data)
-    table = D.continuation_table(spec.tokenizer_dir, spec.vocab_size)
-    masker = D.Masker(spec, 0.15, None, 8, True, table)
+    spec = load_data_spec(synth_data)
+    table = continuation_table(spec.tokenizer_dir, spec.vocab_size)
+    masker = Masker(spec, 0.15, None, 8, True, table)
     rng = np.random.default_rng(0)
     # words: "w1 ##s1 ##s2" "w2" "w3 ##s3"
     vocab = {t: i for i, t in enumerate((spec.tokenizer_dir / "vocab.txt").read_text().split())}
@@ -137,11 +135,11 @@ def test_truncated_shard_is_skipped_or_named(synth_data, tmp_path):
     shutil.copytree(synth_data, data)
     victim = data / "train-000001.tar"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    spec = D.load_data_spec(data)
+    spec = load_data_spec(data)
     assert verify_shards(spec, "size", "skip") == ["train-000001.tar"]
     assert [s.name for s in spec.train] == ["train-000000.tar", "train-000002.tar"]
-    with pytest.raises(D.DataError, match="train-000001.tar"):
-        verify_shards(D.load_data_spec(data), "size", "error")
+    with pytest.raises(DataError, match="train-000001.tar"):
+        verify_shards(load_data_spec(data), "size", "error")
 
 
 def test_corrupt_bytes_inside_a_shard_are_counted_not_fatal(synth_data, tmp_path):
@@ -151,25 +149,25 @@ def test_corrupt_bytes_inside_a_shard_are_counted_not_fatal(synth_data, tmp_path
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 4096] = b"\x00" * 4096  # same size: only sha256 catches it up front
     victim.write_bytes(bytes(raw))
-    spec = D.load_data_spec(data)
+    spec = load_data_spec(data)
     assert verify_shards(spec, "size", "skip") == []
     ds = streams(spec, shuffle=False)
     got = batches(ds)
     assert len(got) == ds.batches_per_epoch  # same number of batches as planned: ranks cannot hang
     assert sum(b["meta"]["bad_samples"] for b in got) > 0  # the bad samples were counted
-    assert verify_shards(D.load_data_spec(data), "sha256", "skip") == ["train-000000.tar"]
+    assert verify_shards(load_data_spec(data), "sha256", "skip") == ["train-000000.tar"]
 
 
 def test_missing_data_gives_a_clear_error(tmp_path):
-    with pytest.raises(D.DataError, match="no such directory.*python -m data_prep"):
-        D.load_data_spec(tmp_path / "nope")
+    with pytest.raises(DataError, match="no such directory.*python -m data_prep"):
+        load_data_spec(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(D.DataError, match="manifest.json is missing"):
-        D.load_data_spec(tmp_path / "empty")
+    with pytest.raises(DataError, match="manifest.json is missing"):
+        load_data_spec(tmp_path / "empty")
 
 
 def test_length_buckets_cut_padding_and_keep_every_sample(synth_data):
-    spec = D.load_data_spec(synth_data)
+    spec = load_data_spec(synth_data)
     plain = batches(streams(spec, mbs=8, block=64))
     bucketed = batches(streams(spec, mbs=8, block=64, buckets=True))
     real = lambda bs: sum(int(b["attention_mask"].sum()) for b in bs)  # noqa: E731

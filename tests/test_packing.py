@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.pretrain.data import Masker
+from pipeline.pretrain.masking import Masker
 from pipeline.pretrain.packing import IGNORE, first_fit_decreasing, pack_batch
 from tests.conftest import TINY, read_metrics, run_module, train_losses
 

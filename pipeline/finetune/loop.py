@@ -1,4 +1,5 @@
-"""The finetuning run (``python -m pipeline.finetune``, see __main__.py): set up, then one loop.
+"""The finetuning run (``python -m pipeline.finetune``, see __main__.py): ``setup``, ``train`` (one loop), and
+``finish`` (the best model's outputs).
 
 Finetunes on a GLUE task, custom classification/regression files, NER or SQuAD-style QA with the pretraining
 engine (DeepSpeed, any ZeRO stage and precision, one process, torchrun or Slurm). Keeps the best checkpoint by the
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from pipeline.finetune.eval import evaluate
 from pipeline.finetune.metrics import better, task_score
 from pipeline.finetune.model import build_task_model, materialize, resolve_source, save_hf_model
 from pipeline.finetune.tasks import TaskDataError, collate, featurize, load_task
-from pipeline.run import RunResult, lock_run_dir, start_run
+from pipeline.run import Run, RunResult, lock_run_dir, start_run
 
 log = logging.getLogger("pipeline.finetune")
 
@@ -67,20 +69,43 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
-    validate(cfg)
-    run_dir = Path(run_dir)
-    if (run_dir / "results.json").is_file():
-        done = json.loads((run_dir / "results.json").read_text())
-        log.info("%s already holds results.json: finished (remove it to run again)", run_dir)
-        return RunResult(step=done["steps"], final=done["validation"])
+@dataclass
+class Finetuning:
+    """A started finetuning run: everything the loop and the closing outputs read, made by ``setup``."""
+
+    cfg: object
+    env: DistEnv
+    run: Run
+    best: CheckpointManager  # the best model so far, one kept
+    src: object  # the resolved model.path (pipeline/finetune/model.py)
+    model_path: Path
+    tokenizer: object
+    splits: dict
+    feats: dict
+    names: list | None
+    total: int  # optimizer steps
+    per_epoch: int
+    eval_every: int
+    pad_id: int
+
+    def eval_kwargs(self) -> dict:
+        return dict(names=self.names, rank=self.env.rank, world=self.env.world_size,
+                    batch_size=self.cfg.eval.batch_size, pad_id=self.pad_id)  # fmt: skip
+
+
+def progress_name(cfg) -> str:
+    """The progress bar's name: which job of a sweep this is (several run side by side in the main job)."""
+    return f"{cfg.task.name} {'random init' if cfg.model.random_init else 'pretrained'} seed {cfg.seed}"
+
+
+def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Finetuning:
+    """Task data, process group, source weights, tokenizer, features, model, and the engine with the latest
+    checkpoint loaded."""
     task = cfg.task
     src = resolve_source(cfg.model.path, cfg.model.step)
     splits, names = load_task(task, cfg.max_train_samples, cfg.max_eval_samples)
     plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    # Process group, source weights, tokenizer, features, model, engine.
     device = init_process_group(env, cfg.engine)
     lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
     model_path = materialize(src, run_dir, env.rank, barrier)
@@ -95,10 +120,8 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             f"global batch ({plan.global_batch}); lower global_batch_size"
         )
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
-    eval_every = cfg.eval.every_steps or per_epoch
     torch.manual_seed(cfg.seed)
     model = build_task_model(model_path, task, names, cfg.model, cfg.lora)
-    state = TrainState(world_size=env.world_size)
 
     def check_resume(saved: dict) -> None:
         if saved.get("world_size") != env.world_size:
@@ -108,96 +131,114 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             )
 
     run = start_run(
-        cfg, env, run_dir, plan, device, model, total, state, group=group, desc=task.name, check_resume=check_resume,
-        lock=lock,
+        cfg, env, run_dir, plan, device, model, total, TrainState(world_size=env.world_size), group=group,
+        desc=progress_name(cfg), check_resume=check_resume, lock=lock,
     )  # fmt: skip
-    engine, metrics = run.engine, run.metrics
-    best_ckpt = CheckpointManager(run_dir / "best", 1, env.rank, barrier)  # the best model so far, one kept
+    best = CheckpointManager(run_dir / "best", 1, env.rank, barrier)
+    eval_every = cfg.eval.every_steps or per_epoch
     pad_id = tokenizer.pad_token_id or 0
-    ev = dict(names=names, rank=env.rank, world=env.world_size, batch_size=cfg.eval.batch_size, pad_id=pad_id)
+    return Finetuning(cfg, env, run, best, src, model_path, tokenizer, splits, feats, names, total, per_epoch,
+                      eval_every, pad_id)  # fmt: skip
 
-    window: dict[str, float] = {}
-    result, stop_now = RunResult(step=state.step), False
+
+def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
+    validate(cfg)
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").is_file():
+        done = json.loads((run_dir / "results.json").read_text())
+        log.info("%s already holds results.json: finished (remove it to run again)", run_dir)
+        return RunResult(step=done["steps"], final=done["validation"])
+    f = setup(cfg, env, run_dir, group)
     try:
-        while state.step < total and not state.best.get("stopped_early"):
-            # One optimizer step over this rank's share of the global batch.
-            micro = train_micro_batches(feats["train"], state, plan, env, cfg.seed, pad_id)
-            sums, _ = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
-            state.step += 1
-            state.samples += int(sums["samples"])
-            state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
-            for k in ("loss", "samples", "skipped_micro"):
-                window[k] = window.get(k, 0.0) + sums.get(k, 0.0)
-            window["steps"] = window.get("steps", 0.0) + 1
-            run.bar.update(1)
-            if state.consecutive_bad >= cfg.nan.max_consecutive:
-                raise FloatingPointError(
-                    f"{state.consecutive_bad} steps in a row had a non-finite loss (step "
-                    f"{state.step}); lower optim.lr or use bf16 instead of fp16"
-                )
-
-            # Log the mean training loss over the window, summed across ranks.
-            if state.step % cfg.logger.every_steps == 0 or state.step == total:
-                keys = ("loss", "samples", "skipped_micro")
-                t = all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64, device=device))
-                t = t.tolist()
-                used = window["steps"] * plan.accumulation * env.world_size - t[2]
-                metrics.log(
-                    {
-                        "loss": t[0] / max(used, 1),
-                        "lr": engine.lr(),
-                        "grad_norm": engine.grad_norm(),
-                        "epoch": state.epoch + state.batch_in_epoch / per_epoch,
-                        "samples": state.samples,
-                    },
-                    state.step,
-                )
-                run.bar.set_postfix(loss=f"{t[0] / max(used, 1):.4f}")
-                window = {}
-
-            # Evaluate; keep the best model; stop early after `patience` evaluations without improvement.
-            if state.step % eval_every == 0 or state.step == total:
-                val, _ = evaluate(engine, task, splits["validation"], feats["validation"], **ev)
-                value = val[task.main_metric]
-                metrics.log({f"val_{k}": v for k, v in val.items()}, state.step)
-                if better(value, state.best.get("value"), task.main_metric, cfg.eval.min_delta):
-                    state.best = {"value": value, "step": state.step, "bad_evals": 0}
-                    best_ckpt.save(engine, state, run.config_yaml)
-                else:
-                    state.best["bad_evals"] += 1
-                    if cfg.eval.patience is not None and state.best["bad_evals"] >= cfg.eval.patience:
-                        state.best["stopped_early"] = True
-                        log.info(
-                            "early stop at step %d: no improvement of %s for %d evaluations (best %.4f at %d)",
-                            state.step,
-                            task.main_metric,
-                            cfg.eval.patience,
-                            state.best["value"],
-                            state.best["step"],
-                        )
-
-            # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return; every N steps.
-            stop_signal, _ = run.flag.agreed()
-            stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
-            if state.step % cfg.checkpoint.every_steps == 0 or stop_now:
-                run.ckpt.save(engine, state, run.config_yaml)
-            if stop_now:
-                result.stopped_by_signal = stop_signal
-                break
+        result = train(f)
     finally:  # give the signals back, also on error
-        run.close()
-    result.step = state.step
-    if stop_now:
-        metrics.close()
-        return result
+        f.run.close()
+    if not result.stopped:
+        result.final = finish(f)
+    f.run.metrics.close()
+    return result
 
-    # The best model: its predictions and metrics on every split, best_model/, results.json.
-    best_tag = best_ckpt.latest()
-    best_ckpt.load(engine, best_tag, TrainState())
+
+def train(f: Finetuning) -> RunResult:
+    """Steps until the planned total, early stopping, a stop signal or stop_after_steps."""
+    cfg, run, state, engine = f.cfg, f.run, f.run.state, f.run.engine
+    window: dict[str, float] = {}
+    result = RunResult(step=state.step)
+    while state.step < f.total and not state.best.get("stopped_early"):
+        # One optimizer step over this rank's share of the global batch.
+        micro = train_micro_batches(f.feats["train"], state, run.plan, f.env, cfg.seed, f.pad_id)
+        sums, _ = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
+        state.step += 1
+        state.samples += int(sums["samples"])
+        state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
+        for k in ("loss", "samples", "skipped_micro"):
+            window[k] = window.get(k, 0.0) + sums.get(k, 0.0)
+        window["steps"] = window.get("steps", 0.0) + 1
+        run.bar.update(1)
+        if state.consecutive_bad >= cfg.nan.max_consecutive:
+            raise FloatingPointError(
+                f"{state.consecutive_bad} steps in a row had a non-finite loss (step "
+                f"{state.step}); lower optim.lr or use bf16 instead of fp16"
+            )
+        # Log the mean training loss over the window, summed across ranks.
+        if state.step % cfg.logger.every_steps == 0 or state.step == f.total:
+            log_window(f, window)
+            window = {}
+        # Evaluate; keep the best model; stop early after `patience` evaluations without improvement.
+        if state.step % f.eval_every == 0 or state.step == f.total:
+            evaluate_and_keep_best(f)
+        # Checkpoint every N steps; on a signal (agreed by all ranks) or at stop_after_steps, checkpoint and stop.
+        if run.save_or_stop(cfg, run.flag.agreed()[0], result):
+            break
+    result.step = state.step
+    return result
+
+
+def log_window(f: Finetuning, window: dict[str, float]) -> None:
+    run, state, engine = f.run, f.run.state, f.run.engine
+    keys = ("loss", "samples", "skipped_micro")
+    t = all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64, device=engine.device)).tolist()
+    used = window["steps"] * run.plan.accumulation * f.env.world_size - t[2]
+    rec = {
+        "loss": t[0] / max(used, 1),
+        "lr": engine.lr(),
+        "grad_norm": engine.grad_norm(),
+        "epoch": state.epoch + state.batch_in_epoch / f.per_epoch,
+        "samples": state.samples,
+    }
+    run.metrics.log(rec, state.step)
+    run.bar.set_postfix(loss=f"{rec['loss']:.4f}")
+
+
+def evaluate_and_keep_best(f: Finetuning) -> None:
+    """The task's validation metric now; a better one saves the best checkpoint, else counts toward patience."""
+    cfg, state, task = f.cfg, f.run.state, f.cfg.task
+    val, _ = evaluate(f.run.engine, task, f.splits["validation"], f.feats["validation"], **f.eval_kwargs())
+    value = val[task.main_metric]
+    f.run.metrics.log({f"val_{k}": v for k, v in val.items()}, state.step)
+    if better(value, state.best.get("value"), task.main_metric, cfg.eval.min_delta):
+        state.best = {"value": value, "step": state.step, "bad_evals": 0}
+        f.best.save(f.run.engine, state, f.run.config_yaml)
+        return
+    state.best["bad_evals"] += 1
+    if cfg.eval.patience is not None and state.best["bad_evals"] >= cfg.eval.patience:
+        state.best["stopped_early"] = True
+        log.info(
+            "early stop at step %d: no improvement of %s for %d evaluations (best %.4f at %d)",
+            state.step, task.main_metric, cfg.eval.patience, state.best["value"], state.best["step"],
+        )  # fmt: skip
+
+
+def finish(f: Finetuning) -> dict:
+    """The best model: its predictions and metrics on every split, best_model/, results.json. Returns the
+    validation metrics."""
+    cfg, env, task, state = f.cfg, f.env, f.cfg.task, f.run.state
+    best_tag = f.best.latest()
+    f.best.load(f.run.engine, best_tag, TrainState())
     outputs = {}
-    for name, split in splits.items():
+    for name, split in f.splits.items():
         if name != "train":
-            outputs[name] = evaluate(engine, task, split, feats[name], **ev)
+            outputs[name] = evaluate(f.run.engine, task, split, f.feats[name], **f.eval_kwargs())
     validation = dict(outputs["validation"][0])
     for name, suffix in task.extra_validation.items():
         if name not in outputs:
@@ -205,24 +246,23 @@ def finetune(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
             continue
         validation.update({f"{k}{suffix}": v for k, v in outputs[name][0].items()})
     validation["score"] = task_score(validation, task.main_metric, task.score_metrics)
-    result.final = validation
+    run_dir = f.run.run_dir
     if env.rank == 0:
         for name, (_, recs) in outputs.items():
             write_jsonl(run_dir / f"predictions_{name}.jsonl", recs)
-        save_hf_model(
-            best_ckpt.root, best_tag, model_path, task, names, cfg.model, cfg.lora, tokenizer, run_dir / "best_model"
-        )
-        results = results_record(cfg, plan, env, src, model_path, names, splits, outputs, validation, state)
+        save_hf_model(f.best.root, best_tag, f.model_path, task, f.names, cfg.model, cfg.lora, f.tokenizer,
+                      run_dir / "best_model")  # fmt: skip
+        results = results_record(cfg, f.run.plan, env, f.src, f.model_path, f.names, f.splits, outputs, validation,
+                                 state)  # fmt: skip
         tmp = run_dir / "results.json.tmp"
         tmp.write_text(json.dumps(_finite_or_none(results), indent=2))
         tmp.replace(run_dir / "results.json")
-        metrics.log({f"best_val_{k}": v for k, v in validation.items()}, state.step)
+        f.run.metrics.log({f"best_val_{k}": v for k, v in validation.items()}, state.step)
         if cfg.cleanup:  # the DeepSpeed checkpoints only served resume and the best-model reload
-            shutil.rmtree(run.ckpt.root, ignore_errors=True)
-            shutil.rmtree(best_ckpt.root.parent, ignore_errors=True)
+            shutil.rmtree(f.run.ckpt.root, ignore_errors=True)
+            shutil.rmtree(f.best.root.parent, ignore_errors=True)
     barrier()
-    metrics.close()
-    return result
+    return validation
 
 
 def results_record(cfg, plan, env, src, model_path, names, splits, outputs, validation, state) -> dict:

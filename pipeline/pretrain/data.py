@@ -1,330 +1,77 @@
-"""Reading data_prep's shards for pretraining: an exact, resumable epoch plan; masking (masking.py)
-and padding per batch.
-
-The plan (why not webdataset's ``split_by_node``): the manifest knows how many samples each shard holds, so every
-rank can compute the same plan with no communication. Each epoch, shards are shuffled (seeded by epoch) and
-concatenated; the sequence is cut into ``world_size * streams_per_rank`` equal slices, one per stream (a loader
-worker reads one stream). Every rank therefore gets exactly the same number of batches, whatever the shard sizes
-(uneven shards never hang a collective), and a shard may be split between two streams, so even a single shard feeds
-every rank. The remainder (fewer than one sample per stream, plus incomplete batches) is dropped and counted.
-
-Inside a stream, samples are shuffled in blocks of ``data.shuffle_block`` (seeded by epoch, stream and block), then
-batched and masked with a generator seeded by (seed, epoch, stream, batch): the batches are a pure function of the
-seed and the position, so resuming at batch k reproduces the uninterrupted run exactly. Resuming opens the shard
-that holds the block of batch k directly: only that one shard is read from its start.
-
-Shards are read with webdataset's tar iterators; samples are decoded by data_prep/format.py only (never pickle).
-"""
+"""The trainer's micro-batches: this rank's batches from a position on, across epochs (streams.py plans and reads
+each epoch; elastic.py re-splits the rest of an epoch after a resume on another layout), and the collate function a
+run's config asks for (masking, then packing when ``data.packing``)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import signal
-import tarfile
 import time
-from bisect import bisect_right
-from dataclasses import dataclass
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
-from data_prep import format as records
-from data_prep.format import DataError, DataSpec, Shard, load_data_spec  # noqa: F401 - the loader's public names
-from pipeline.pretrain.masking import Masker, continuation_table  # noqa: F401 - the loader's public names
-
-log = logging.getLogger(__name__)
+from data_prep.format import DataError, DataSpec
+from pipeline.pretrain.elastic import epoch_plan
+from pipeline.pretrain.masking import Masker, continuation_table
+from pipeline.pretrain.packing import PackingCollator
+from pipeline.pretrain.streams import Collate, PretrainStreams, StreamSettings, make_loader
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The plan
-
-
-@dataclass(frozen=True)
-class Piece:
-    shard: int  # index into the shard list
-    start: int  # first sample (inclusive) inside the shard
-    stop: int  # end (exclusive)
-
-
-def plan_epoch(sizes: list[int], n_streams: int, epoch: int, seed: int, shuffle: bool) -> tuple[list[list[Piece]], int]:
-    """Split one epoch into ``n_streams`` slices of equal sample count. Returns (pieces per stream, samples each)."""
-    order = np.random.default_rng([seed, epoch, 7]).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
-    per_stream = sum(sizes) // n_streams
-    streams: list[list[Piece]] = [[] for _ in range(n_streams)]
-    s, room = 0, per_stream
-    if per_stream == 0:
-        return streams, 0
-    for idx in order:
-        pos, size = 0, sizes[idx]
-        while pos < size and s < n_streams:
-            take = min(room, size - pos)
-            streams[s].append(Piece(int(idx), pos, pos + take))
-            pos += take
-            room -= take
-            if room == 0:
-                s, room = s + 1, per_stream
-    return streams, per_stream
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Streams
-
-
-def read_samples(shard: Shard, start: int, on_bad: str):
-    """Yield (ids, a_len, nsp_label) for the samples of ``shard`` from ``start`` on; ``None`` for a bad sample.
-
-    A tar that breaks off mid-way yields ``None`` for each sample it still owed (the plan's counts stay exact).
-    """
-    produced = 0
-    try:
-        stream = gopen(shard.url, "rb")
-        try:
-            for sample in group_by_keys(tar_file_expander([{"url": shard.url, "stream": stream}], eof_value=None)):
-                if produced < start:
-                    produced += 1
-                    continue
-                why = records.check_sample(sample)
-                if why is None:
-                    try:
-                        meta = records.decode_meta(sample[records.META_KEY])
-                        item = (
-                            records.decode_ids(sample[records.IDS_KEY]),
-                            int(meta["a_len"]),
-                            int(meta["next_sentence_label"]),
-                        )
-                    except (ValueError, KeyError, TypeError, OSError) as e:
-                        why, item = f"undecodable ({e})", None
-                if why is not None:
-                    if on_bad == "error":
-                        raise DataError(f"shard {shard.url}: sample {sample.get('__key__')} is bad: {why}")
-                    item = None
-                produced += 1
-                yield item
-        finally:
-            stream.close()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        if on_bad == "error":
-            raise DataError(
-                f"shard {shard.url} is unreadable after {produced} samples ({type(e).__name__}: {e}). "
-                f"Re-run data_prep into the same output, or set data.on_bad_shard=skip"
-            ) from e
-        log.warning("shard %s broke off after %d samples (%s): the rest counts as bad", shard.url, produced, e)
-    while produced < shard.samples:
-        produced += 1
-        yield None
-
-
-class PretrainStreams(IterableDataset):
-    """The batches of one rank for one epoch, from batch ``start_batch`` on, in a fixed order.
-
-    Batch k of the rank comes from the rank's stream ``k % W`` (W streams, one per loader worker) as that stream's
-    batch ``k // W``. Starting at k0, loader worker p serves stream ``(k0 + p) % W``, so the DataLoader's
-    round-robin over workers yields k0, k0+1, ... exactly.
-    """
-
-    def __init__(
-        self,
-        shards: list[Shard],
-        masker: Masker,
-        *,
-        rank: int,
-        world: int,
-        streams_per_rank: int,
-        micro_batch: int,
-        epoch: int,
-        start_batch: int,
-        seed: int,
-        shuffle: bool,
-        shuffle_block: int,
-        on_bad: str,
-        tag: int = 0,
-        length_buckets: bool = False,
-        plan: tuple[list[list[Piece]], int] | None = None,
-    ):
-        self.shards, self.masker = shards, masker
-        self.buckets = length_buckets
-        self.rank, self.world, self.w = rank, world, streams_per_rank
-        self.mbs, self.epoch, self.start, self.seed = micro_batch, epoch, start_batch, seed
-        self.shuffle, self.block, self.on_bad, self.tag = shuffle, shuffle_block, on_bad, tag
-        # ``plan``: the rest of an epoch re-split after a resume on another layout (pipeline/pretrain/elastic.py).
-        self.pieces, self.per_stream = plan or plan_epoch(
-            [s.samples for s in shards], world * self.w, epoch, seed + 1000 * tag, shuffle
-        )
-        self.batches_per_stream = self.per_stream // micro_batch
-        self.batches_per_epoch = self.batches_per_stream * self.w  # per rank
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch - self.start)
-
-    def _stream_batches(self, local: int, first_batch: int):
-        """Yield batches ``first_batch..`` of this rank's stream ``local``."""
-        stream = self.rank * self.w + local
-        pieces = self.pieces[stream]
-        # Blocks are whole batches, so that resuming at a batch starts at a batch boundary of its block.
-        bsz = -(-self.block // self.mbs) * self.mbs if self.shuffle and self.block > 0 else self.mbs
-        offset = first_batch * self.mbs
-        block_idx = offset // bsz
-        skip_in_block = offset - block_idx * bsz
-        cum = np.cumsum([0] + [p.stop - p.start for p in pieces])
-
-        def samples_from(pos: int):
-            """((shard, index), sample or None) from position ``pos`` of the stream on. A reader stays open across
-            pieces that go forward in the same shard (a re-split plan has many one-sample pieces)."""
-            i = bisect_right(cum, pos) - 1
-            gen, at = None, (-1, 0)
-            while i < len(pieces):
-                p = pieces[i]
-                local_start = p.start + (pos - cum[i])
-                if gen is None or at[0] != p.shard or at[1] > local_start:
-                    if gen is not None:
-                        gen.close()
-                    gen, at = read_samples(self.shards[p.shard], local_start, self.on_bad), (p.shard, local_start)
-                for _ in range(local_start - at[1]):
-                    next(gen)
-                for k in range(local_start, p.stop):
-                    yield (p.shard, k), next(gen)
-                at = (p.shard, p.stop)
-                i, pos = i + 1, cum[i + 1]
-            if gen is not None:
-                gen.close()
-
-        src = samples_from(block_idx * bsz)
-        fallback = None
-        pending: list = []  # (sample, was_bad)
-        batch_idx, pos = first_batch, block_idx * bsz
-        while batch_idx < self.batches_per_stream:
-            block = [next(src) for _ in range(min(bsz, int(cum[-1]) - pos))]
-            pos += len(block)
-            good = [x for x in block if x[1] is not None]
-            if len(good) < len(block):
-                if not good:  # a whole block unreadable: fill from the stream's first readable samples
-                    good = fallback = fallback if fallback is not None else self._first_good(samples_from, bsz, stream)
-                # A bad sample is replaced by a good one of its block, so every rank keeps its batch count.
-                fill = np.random.default_rng([self.seed, self.epoch, stream, block_idx, 99])
-                block = [(x, False) if x[1] is not None else (good[fill.integers(len(good))], True) for x in block]
-            else:
-                block = [(x, False) for x in block]
-            if self.shuffle and self.block > 0:
-                order = np.random.default_rng([self.seed, self.tag, self.epoch, stream, block_idx]).permutation(
-                    len(block)
-                )
-                block = [block[j] for j in order]
-                if self.buckets:  # batches of similar lengths (less padding), in a random order
-                    block = sorted(block, key=lambda item: len(item[0][1][0]))
-                    chunks = [block[i : i + self.mbs] for i in range(0, len(block), self.mbs)]
-                    rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, block_idx, 2])
-                    block = [x for j in rng.permutation(len(chunks)) for x in chunks[j]]
-            if skip_in_block:
-                block, skip_in_block = block[skip_in_block:], 0
-            pending.extend(block)
-            while len(pending) >= self.mbs and batch_idx < self.batches_per_stream:
-                chunk, pending = pending[: self.mbs], pending[self.mbs :]
-                rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
-                batch = self.masker([x[1] for x, _ in chunk], rng)
-                batch["meta"] = {
-                    **batch.get("meta", {}),
-                    "epoch": self.epoch,
-                    "stream": stream,
-                    "batch": batch_idx,
-                    "bad_samples": sum(b for _, b in chunk),  # replaced by a good sample of the block
-                    "samples": [(self.shards[x[0][0]].name, x[0][1]) for x, _ in chunk],  # identity: (shard, index)
-                }
-                yield batch
-                batch_idx += 1
-            block_idx += 1
-            if pos >= cum[-1] and batch_idx < self.batches_per_stream:
-                raise AssertionError(f"stream {stream} ran out at batch {batch_idx} of {self.batches_per_stream}")
-
-    def _first_good(self, samples_from, n: int, stream: int) -> list:
-        """Up to n readable samples from the start of the stream (history-free, so a resumed run fills alike)."""
-        good = []
-        for x in samples_from(0):
-            if x[1] is not None:
-                good.append(x)
-                if len(good) == n:
-                    break
-        if not good:
-            names = sorted({self.shards[p.shard].name for p in self.pieces[stream]})
-            raise DataError(f"no readable sample in stream {stream} (shards {', '.join(names)}); rerun data_prep")
-        return good
-
-    def __iter__(self):
-        info = get_worker_info()
-        p, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        if n_workers == 1 and self.w > 1:
-            yield from self._round_robin()
-            return
-        if n_workers != self.w:
-            raise RuntimeError(f"{n_workers} loader workers for {self.w} streams")
-        local = (self.start + p) % self.w
-        yield from self._stream_batches(local, (self.start + p) // self.w)
-
-    def _round_robin(self):
-        gens = [self._stream_batches((self.start + p) % self.w, (self.start + p) // self.w) for p in range(self.w)]
-        while gens:
-            alive = []
-            for g in gens:
-                try:
-                    yield next(g)
-                    alive.append(g)
-                except StopIteration:
-                    pass
-            gens = alive
-
-
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """Loader workers ignore TERM/USR2/INT: Slurm signals every process of a job step, and a worker killed mid-step
-    would take the trainer down before it could finish the step and save. The trainer stops them itself."""
-    for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(s, signal.SIG_IGN)
-
-
-def make_loader(ds: PretrainStreams, workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
-    """``workers`` must equal the dataset's streams per rank (or be 0: one process serves them all in order)."""
-    kw = {"prefetch_factor": prefetch_factor, "worker_init_fn": ignore_stop_signals} if workers > 0 else {}
-    # An explicit generator: otherwise creating the iterator draws from the global torch RNG, which drives dropout,
-    # and a resumed run (which creates its iterator at another time) would draw different dropout masks.
-    gen = torch.Generator().manual_seed(0)
-    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=gen, **kw)
+def build_collate(cfg, spec: DataSpec, seq_len: int) -> tuple[Masker, Collate]:
+    """The masker (validation masks with it) and the training collate function: the masker itself, or packing after
+    it (packing is a step of collation, after masking: the loader's plan and positions are the unpacked ones)."""
+    d = cfg.data
+    cont = continuation_table(spec.tokenizer_dir, spec.vocab_size) if d.whole_word_masking else None
+    fixed = seq_len if d.fixed_shapes else None
+    masker = Masker(spec, d.mlm_probability, d.max_predictions_per_seq, d.pad_to_multiple_of, d.whole_word_masking,
+                    cont, fixed_width=fixed)  # fmt: skip
+    if not d.packing:
+        return masker, masker
+    return masker, PackingCollator(masker, seq_len, d.pad_to_multiple_of, d.fixed_shapes)
 
 
 class Batches:
     """This rank's micro-batches from a position on, across epochs, with the time spent waiting for them.
 
-    ``position`` is any object with ``epoch`` and ``batch_in_epoch`` (the trainer's state): it is advanced in place,
-    so a checkpoint of it resumes at the next batch.
+    ``position`` is any object with ``epoch``, ``batch_in_epoch`` and ``resplits`` (the trainer's state): it is
+    advanced in place, so a checkpoint of it resumes at the next batch.
     """
 
-    def __init__(self, spec: DataSpec, masker: Masker, cfg, rank: int, world: int, micro: int, pin: bool, position):
-        self.spec, self.masker, self.cfg = spec, masker, cfg
+    def __init__(
+        self,
+        spec: DataSpec,
+        collate: Collate,
+        settings: StreamSettings,
+        *,
+        rank: int,
+        world: int,
+        micro: int,
+        workers: int,
+        prefetch: int,
+        pin: bool,
+        position,
+    ):
+        self.spec, self.collate, self.settings = spec, collate, settings
         self.rank, self.world, self.micro, self.pin, self.position = rank, world, micro, pin, position
-        self.streams = max(1, cfg.engine.loader_workers)
+        # One stream per loader worker (0 workers: one stream, read in the trainer's process).
+        self.workers, self.prefetch, self.streams = workers, prefetch, max(1, workers)
         self.wait_s = 0.0
         self._it = None
         # Testing aid: BERTRUN_SAMPLE_LOG=PATH appends each micro-batch's sample ids to PATH.rank<r> (JSON lines).
         self._sample_log = os.environ.get("BERTRUN_SAMPLE_LOG")
 
     def _open(self):
+        pos = self.position
+        resplit = epoch_plan(self.spec.train, self.settings, pos.epoch, pos.resplits, self.world, self.streams)
         ds = PretrainStreams(
             self.spec.train,
-            self.masker,
+            self.collate,
+            self.settings,
             rank=self.rank,
             world=self.world,
             streams_per_rank=self.streams,
             micro_batch=self.micro,
-            epoch=self.position.epoch,
-            start_batch=self.position.batch_in_epoch,
-            seed=self.cfg.seed,
-            shuffle=self.cfg.data.shuffle_shards,
-            shuffle_block=self.cfg.data.shuffle_block,
-            on_bad=self.cfg.data.on_bad_shard,
-            length_buckets=self.cfg.data.length_buckets,
-            plan=self._plan(),
+            epoch=pos.epoch,
+            start_batch=pos.batch_in_epoch,
+            plan=resplit,
         )
         if ds.batches_per_epoch == 0:
             raise DataError(
@@ -333,22 +80,11 @@ class Batches:
                 f"Use more data, fewer engine.loader_workers or a smaller engine.micro_batch_size."
             )
         self.batches_per_epoch = ds.batches_per_epoch
-        loader = make_loader(ds, self.cfg.engine.loader_workers, self.cfg.engine.prefetch_factor, self.pin)
-        self._it = iter(loader)
-
-    def _plan(self):
-        if not getattr(self.position, "resplits", None):
-            return None
-        from pipeline.pretrain.elastic import epoch_plan
-
-        pos = self.position
-        return epoch_plan(self.spec.train, self.masker, self.cfg, pos.epoch, pos.resplits, self.world, self.streams)
+        self._it = iter(make_loader(ds, self.workers, self.prefetch, self.pin))
 
     def _new_epoch(self) -> None:
         pos = self.position
-        pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-        if getattr(pos, "resplits", None):
-            pos.resplits = []
+        pos.epoch, pos.batch_in_epoch, pos.resplits = pos.epoch + 1, 0, []
 
     def close(self) -> None:
         """Stop the loader workers now: they ignore TERM (see ignore_stop_signals), so multiprocessing's exit-time

@@ -1,6 +1,6 @@
 """The rest of an epoch after a resume on another data layout (world size, loader streams or micro-batch).
 
-The epoch plan (data.py) gives each of ``world * streams`` streams a slice of the epoch. When the layout changes
+The epoch plan (streams.py) gives each of ``world * streams`` streams a slice of the epoch. When the layout changes
 mid-epoch, the new streams cannot continue the old slices, so what the old streams had not yet read is gathered
 (in stream order) and cut again into equal slices, one per new stream: no sample of the epoch is repeated or skipped
 (apart from the plan's usual remainder of fewer than one batch per stream). The order then differs from an
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.pretrain.data import Piece, PretrainStreams
+from pipeline.pretrain.streams import Piece, PretrainStreams, StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,12 @@ def split(pieces: list[Piece], n_streams: int) -> tuple[list[list[Piece]], int]:
     return [_positions(pieces, s * per, (s + 1) * per) for s in range(n_streams)], per
 
 
-def epoch_plan(shards, masker, cfg, epoch: int, resplits: list[dict], world: int, streams: int):
+def _identity_only(samples, rng) -> dict:
+    """Re-splitting needs which samples a stream served, not their masked tokens: skip the collation."""
+    return {}
+
+
+def epoch_plan(shards, settings: StreamSettings, epoch: int, resplits: list[dict], world: int, streams: int):
     """The plan of the current epoch for the layout (world, streams) after the recorded re-splits; None: the usual."""
     plan = None
     layouts = [*resplits[1:], {"world": world, "streams": streams}]
@@ -89,18 +94,13 @@ def epoch_plan(shards, masker, cfg, epoch: int, resplits: list[dict], world: int
         old = [
             PretrainStreams(
                 shards,
-                masker,
+                _identity_only,
+                settings,
                 rank=rank,
                 world=r["world"],
                 streams_per_rank=r["streams"],
                 micro_batch=r["micro"],
                 epoch=epoch,
-                start_batch=0,
-                seed=cfg.seed,
-                shuffle=cfg.data.shuffle_shards,
-                shuffle_block=cfg.data.shuffle_block,
-                on_bad=cfg.data.on_bad_shard,
-                length_buckets=cfg.data.length_buckets,
                 plan=plan,
             )
             for rank in range(r["world"])

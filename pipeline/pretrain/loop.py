@@ -1,24 +1,28 @@
-"""The pretraining run: set up, then one loop that reads top to bottom."""
+"""The pretraining run: ``setup`` (data, process group, model, engine, resume, loader), ``train`` (one loop that reads
+top to bottom, each periodic action a guarded block), and ``summary.json`` at the end."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from data_prep.format import DataSpec, load_data_spec
 from pipeline.checkpoint import TrainState
 from pipeline.config import ConfigError
 from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_lost
-from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
-from pipeline.pretrain import data as D
+from pipeline.engine import check_engine_config, init_process_group, plan_batch
+from pipeline.pretrain.data import Batches, build_collate
 from pipeline.pretrain.elastic import note_layout
+from pipeline.pretrain.masking import Masker
 from pipeline.pretrain.model import build_model, flops_per_token
-from pipeline.pretrain.packing import PackingCollator
 from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
-from pipeline.run import RunResult, lock_run_dir, start_run
+from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader
+from pipeline.run import Run, RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
 
 
-def check_resume_compat(state: dict, spec: D.DataSpec, allow_change: bool) -> None:
+def check_resume_compat(state: dict, spec: DataSpec, allow_change: bool) -> None:
     """Another world size, loader_workers or micro-batch is fine (universal checkpoint, re-split data); other data
     or another tokenizer is refused unless asked for."""
     if not allow_change:
@@ -82,40 +86,30 @@ def reduce_dict(d: dict, device: torch.device) -> dict:
     return dict(zip(KEYS, t.cpu().tolist()))
 
 
-def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistEnv, micro: int, pin: bool) -> dict:
+def evaluate(p: Pretraining) -> dict:
     """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches."""
+    spec, env, cfg = p.spec, p.env, p.cfg
     if not spec.val:
         return {}
     # A split smaller than one micro-batch per rank would give no batch at all: evaluate it as one smaller batch
     # per rank instead (every rank the same size, so the ranks stay in step). Larger splits leave out fewer than
     # one micro-batch per rank.
     per_rank = sum(s.samples for s in spec.val) // env.world_size
-    micro = min(micro, per_rank) if per_rank else micro
-    ds = D.PretrainStreams(
-        spec.val,
-        masker,
-        rank=env.rank,
-        world=env.world_size,
-        streams_per_rank=1,
-        micro_batch=micro,
-        epoch=0,
-        start_batch=0,
-        seed=cfg.seed,
-        shuffle=False,
-        shuffle_block=0,
-        on_bad=cfg.data.on_bad_shard,
-        tag=1,
-    )
+    micro = min(p.run.plan.micro_batch, per_rank) if per_rank else p.run.plan.micro_batch
+    ds = PretrainStreams(
+        spec.val, p.masker, StreamSettings.of(cfg).in_order(), rank=env.rank, world=env.world_size,
+        streams_per_rank=1, micro_batch=micro, epoch=0, tag=1,
+    )  # fmt: skip
     sums: dict[str, float] = {}
     n = 0
-    for i, batch in enumerate(D.make_loader(ds, 0, 2, pin)):
+    for i, batch in enumerate(make_loader(ds, 0, 2, p.pin)):
         if cfg.eval.max_batches is not None and i >= cfg.eval.max_batches:
             break
-        for k, v in engine.eval_step(batch).items():
+        for k, v in p.run.engine.eval_step(batch).items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
     sums["samples"] = n
-    tot = reduce_dict(sums, engine.device)
+    tot = reduce_dict(sums, p.run.engine.device)
     if tot["samples"] == 0:
         log.warning(
             "the validation split (%d samples) has fewer samples than ranks (%d): no validation metrics; rerun "
@@ -136,9 +130,26 @@ def peak_tflops(cfg, device: torch.device) -> float | None:
     return None
 
 
-def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
+@dataclass
+class Pretraining:
+    """A started pretraining run: everything the loop reads, made by ``setup``."""
+
+    cfg: object
+    env: DistEnv
+    spec: DataSpec
+    run: Run
+    masker: Masker  # validation masks with it; training batches come from ``batches``
+    batches: Batches
+    pin: bool
+    flops_per_token: float
+    peak: float | None  # TFLOP/s per device, for MFU
+
+
+def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Pretraining:
+    """The data checked, the process group, the run_dir's own copy of what it needs of the data, the model, the
+    engine with the latest checkpoint loaded, and the loader at the checkpoint's position."""
     validate(cfg)
-    spec = D.load_data_spec(cfg.data.path)
+    spec = load_data_spec(cfg.data.path)
     seq_len = cfg.seq_len or spec.seq_len
     if seq_len < spec.seq_len or seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
@@ -148,8 +159,6 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
     streams = max(1, cfg.engine.loader_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    # Process group, shards, the run_dir's own copy of what it needs of the data, model, engine, resume.
     device = init_process_group(env, cfg.engine)
     lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
     verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
@@ -158,142 +167,154 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.vocab_size, spec.special_ids["pad"])
     state = TrainState(world_size=env.world_size, streams_per_rank=streams, micro_batch=plan.micro_batch)
-
-    def check_resume(saved: dict) -> None:
-        check_resume_compat(saved, spec, cfg.data.allow_data_change)
-
     run = start_run(
         cfg, env, run_dir, plan, device, model, cfg.max_steps, state, group=group, desc="pretrain",
-        check_resume=check_resume, lock=lock,
+        check_resume=lambda saved: check_resume_compat(saved, spec, cfg.data.allow_data_change), lock=lock,
     )  # fmt: skip
     state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
     if run.resumed_from and not state.micro_batch:  # a checkpoint from before micro_batch was recorded
         state.micro_batch = plan_batch(cfg.global_batch_size, state.world_size, cfg.engine).micro_batch
     note_layout(state, env.world_size, streams, plan.micro_batch)  # another layout mid-epoch: re-split the rest
-    engine, metrics = run.engine, run.metrics
-    cont = D.continuation_table(spec.tokenizer_dir, spec.vocab_size) if cfg.data.whole_word_masking else None
-    masker = D.Masker(
-        spec,
-        cfg.data.mlm_probability,
-        cfg.data.max_predictions_per_seq,
-        cfg.data.pad_to_multiple_of,
-        cfg.data.whole_word_masking,
-        cont,
-        fixed_width=seq_len if cfg.data.fixed_shapes else None,
-    )
-    # Packing is a step of collation, after masking: the loader's plan and positions are the unpacked ones.
-    collate = PackingCollator(masker, seq_len, cfg.data.pad_to_multiple_of, cfg.data.fixed_shapes)
+    masker, collate = build_collate(cfg, spec, seq_len)
     pin = device.type == "cuda"
-    batches = D.Batches(
-        spec, collate if cfg.data.packing else masker, cfg, env.rank, env.world_size, plan.micro_batch, pin, state
-    )
-    fpt = flops_per_token(engine.module.config, spec.seq_len, cfg.data.mlm_probability)
-    peak = peak_tflops(cfg, device)
+    batches = Batches(
+        spec, collate, StreamSettings.of(cfg), rank=env.rank, world=env.world_size, micro=plan.micro_batch,
+        workers=cfg.engine.loader_workers, prefetch=cfg.engine.prefetch_factor, pin=pin, position=state,
+    )  # fmt: skip
+    fpt = flops_per_token(run.engine.module.config, spec.seq_len, cfg.data.mlm_probability)
     if spec.skipped_shards:
-        metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
+        run.metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
+    return Pretraining(cfg, env, spec, run, masker, batches, pin, fpt, peak_tflops(cfg, device))
 
-    result = RunResult(step=state.step)
+
+def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
+    p = setup(cfg, env, run_dir, group)
     try:
-        window: dict[str, float] = {}
-        t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
-        while state.step < cfg.max_steps:
-            # One optimizer step: the accumulation window of micro-batches.
-            micro = [batches.next() for _ in range(plan.accumulation)]
-            state.bad_samples += sum(m["meta"]["bad_samples"] for m in micro)
-            sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
-            state.step += 1
-            steps_in_window += 1
-            # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
-            stop_signal, (tokens, samples) = run.flag.agreed([sums["tokens"], sums["samples"]])
-            state.tokens, state.samples = state.tokens + int(tokens), state.samples + int(samples)
-            for k, v in sums.items():
-                window[k] = window.get(k, 0.0) + v
-            state.skipped_micro += int(sums["skipped_micro"])
-            state.skipped_steps += int(info["good_micro"] == 0)
-            state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
-            run.bar.update(1)
-            # Too many non-finite steps in a row: stop with a clear error.
-            if state.consecutive_bad >= cfg.nan.max_consecutive:
-                raise FloatingPointError(
-                    f"{state.consecutive_bad} steps in a row had a non-finite loss (last at step {state.step}); "
-                    f"the run is diverging. Lower optim.lr, raise warmup, or use bf16 instead of fp16. "
-                    f"Resume from the last checkpoint in {run.ckpt.root}."
-                )
-
-            # Log: sums over the window, all-reduced across ranks.
-            if state.step % cfg.logger.every_steps == 0 or state.step == cfg.max_steps:
-                dt = time.perf_counter() - t_window
-                tot = reduce_dict(window, device)
-                used = steps_in_window * plan.accumulation * env.world_size - tot["skipped_micro"]
-                rec = {
-                    **summarize(tot, used),
-                    "lr": engine.lr(),
-                    "grad_norm": engine.grad_norm(),
-                    "epoch": state.epoch,
-                    "tokens_per_s": tot["tokens"] / dt,  # real tokens (no padding)
-                    "real_token_frac": tot["tokens"] / max(tot["slots"], 1.0),
-                    "samples_per_s": tot["samples"] / dt,
-                    "data_wait_frac": (batches.wait_s - wait0) / dt,
-                    "skipped_steps": state.skipped_steps,
-                    "skipped_micro": state.skipped_micro,
-                    "bad_samples": state.bad_samples,
-                    "tokens": state.tokens,
-                    **engine.memory(),
-                }
-                if peak:
-                    rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * 1e12 * env.world_size)
-                if cfg.engine.compile:
-                    rec["compiled_graphs"] = engine.compiled_graphs
-                if engine.loss_scale() is not None:
-                    rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
-                metrics.log(rec, state.step)
-                run.bar.set_postfix(
-                    loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}"
-                )
-                window = {}
-                t_window, wait0, steps_in_window = time.perf_counter(), batches.wait_s, 0
-
-            # Evaluate on the val shards.
-            if state.step % cfg.eval.every_steps == 0 or (state.step == cfg.max_steps and cfg.eval.at_end):
-                val = evaluate(engine, spec, masker, cfg, env, plan.micro_batch, pin)
-                if val:
-                    metrics.log(val, state.step)
-                    result.final = {**(result.final or {}), **val}
-
-            # Stop on a signal (agreed by all ranks) or at stop_after_steps: checkpoint, then return.
-            stop_now = stop_signal or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps)
-            # Checkpoint every N steps, at the end, and before stopping early.
-            at_end = state.step == cfg.max_steps and cfg.checkpoint.at_end
-            if state.step % cfg.checkpoint.every_steps == 0 or at_end or stop_now:
-                run.ckpt.save(engine, state, run.config_yaml)
-            if stop_now:
-                result.stopped_by_signal = stop_signal
-                break
+        result = train(p)
     except RuntimeError as e:
         if not peer_lost(e):
             raise
+        step = p.run.state.step
         raise PeerLost(
-            f"rank {env.rank}/{env.world_size}: another rank of this job died during step {state.step + 1} "
+            f"rank {env.rank}/{env.world_size}: another rank of this job died during step {step + 1} "
             f"({str(e).splitlines()[0][-160:]}). The launcher's log names it. Run the same command again to resume "
-            f"from {run.ckpt.root / (run.ckpt.latest() or '(no checkpoint yet)')}."
+            f"from {p.run.ckpt.root / (p.run.ckpt.latest() or '(no checkpoint yet)')}."
         ) from e
-    finally:  # stop the loader workers (they ignore TERM, see data.py) and give the signals back
-        batches.close()
-        run.close()
-    result.step = state.step
+    finally:  # stop the loader workers (they ignore TERM, see streams.py) and give the signals back
+        p.batches.close()
+        p.run.close()
     if env.rank == 0:
-        summary = {
-            "step": state.step,
-            "max_steps": cfg.max_steps,
-            "stopped_by_signal": result.stopped_by_signal,
-            "samples": state.samples,
-            "tokens": state.tokens,
-            "skipped_steps": state.skipped_steps,
-            "bad_samples": state.bad_samples,
-            "skipped_shards": spec.skipped_shards,
-            "checkpoint": run.ckpt.latest(),
-            **(result.final or {}),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics.close()
+        write_summary(p, result)
+    p.run.metrics.close()
     return result
+
+
+def train(p: Pretraining) -> RunResult:
+    """Steps until max_steps, a stop signal or stop_after_steps; logs, evaluates and checkpoints on the way."""
+    cfg, run, state, engine = p.cfg, p.run, p.run.state, p.run.engine
+    result = RunResult(step=state.step)
+    window = Window(wait0=p.batches.wait_s)
+    while state.step < cfg.max_steps:
+        # One optimizer step: the accumulation window of micro-batches.
+        micro = [p.batches.next() for _ in range(run.plan.accumulation)]
+        sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
+        # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
+        stop_signal, (tokens, samples) = run.flag.agreed([sums["tokens"], sums["samples"]])
+        count_step(state, micro, sums, info, int(tokens), int(samples))
+        window.add(sums)
+        run.bar.update(1)
+
+        # Too many non-finite steps in a row: stop with a clear error.
+        if state.consecutive_bad >= cfg.nan.max_consecutive:
+            raise FloatingPointError(
+                f"{state.consecutive_bad} steps in a row had a non-finite loss (last at step {state.step}); "
+                f"the run is diverging. Lower optim.lr, raise warmup, or use bf16 instead of fp16. "
+                f"Resume from the last checkpoint in {run.ckpt.root}."
+            )
+        # Log: sums over the window, all-reduced across ranks.
+        if state.step % cfg.logger.every_steps == 0 or state.step == cfg.max_steps:
+            log_window(p, window)
+            window = Window(wait0=p.batches.wait_s)
+        # Evaluate on the val shards.
+        at_eval = state.step % cfg.eval.every_steps == 0 or (state.step == cfg.max_steps and cfg.eval.at_end)
+        if at_eval and (val := evaluate(p)):
+            run.metrics.log(val, state.step)
+            result.final = {**(result.final or {}), **val}
+        # Checkpoint every N steps and at the end; on a signal or at stop_after_steps, checkpoint and stop.
+        if run.save_or_stop(cfg, stop_signal, result, at_end=state.step == cfg.max_steps and cfg.checkpoint.at_end):
+            break
+    result.step = state.step
+    return result
+
+
+def count_step(state: TrainState, micro: list[dict], sums: dict, info: dict, tokens: int, samples: int) -> None:
+    """The step's counters in the trainer state (what a checkpoint keeps): tokens and samples over all ranks."""
+    state.step += 1
+    state.bad_samples += sum(m["meta"]["bad_samples"] for m in micro)
+    state.tokens, state.samples = state.tokens + tokens, state.samples + samples
+    state.skipped_micro += int(sums["skipped_micro"])
+    state.skipped_steps += int(info["good_micro"] == 0)
+    state.consecutive_bad = state.consecutive_bad + 1 if sums["skipped_micro"] else 0
+
+
+@dataclass
+class Window:
+    """This rank's sums since the last log line, with its start time and the loader's wait time then."""
+
+    wait0: float
+    t0: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    sums: dict = field(default_factory=dict)
+
+    def add(self, sums: dict) -> None:
+        self.steps += 1
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+
+def log_window(p: Pretraining, window: Window) -> None:
+    """One metrics record for the window: losses and accuracies over the used micro-batches of every rank, rates."""
+    run, state, engine, env = p.run, p.run.state, p.run.engine, p.env
+    dt = time.perf_counter() - window.t0
+    tot = reduce_dict(window.sums, engine.device)
+    used = window.steps * run.plan.accumulation * env.world_size - tot["skipped_micro"]
+    rec = {
+        **summarize(tot, used),
+        "lr": engine.lr(),
+        "grad_norm": engine.grad_norm(),
+        "epoch": state.epoch,
+        "tokens_per_s": tot["tokens"] / dt,  # real tokens (no padding)
+        "real_token_frac": tot["tokens"] / max(tot["slots"], 1.0),
+        "samples_per_s": tot["samples"] / dt,
+        "data_wait_frac": (p.batches.wait_s - window.wait0) / dt,
+        "skipped_steps": state.skipped_steps,
+        "skipped_micro": state.skipped_micro,
+        "bad_samples": state.bad_samples,
+        "tokens": state.tokens,
+        **engine.memory(),
+    }
+    if p.peak:
+        rec["mfu"] = rec["tokens_per_s"] * p.flops_per_token / (p.peak * 1e12 * env.world_size)
+    if p.cfg.engine.compile:
+        rec["compiled_graphs"] = engine.compiled_graphs
+    if engine.loss_scale() is not None:
+        rec["loss_scale"], rec["overflow_skips"] = engine.loss_scale(), engine.overflow_skips()
+    run.metrics.log(rec, state.step)
+    run.bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+
+
+def write_summary(p: Pretraining, result: RunResult) -> None:
+    state = p.run.state
+    summary = {
+        "step": state.step,
+        "max_steps": p.cfg.max_steps,
+        "stopped_by_signal": result.stopped_by_signal,
+        "samples": state.samples,
+        "tokens": state.tokens,
+        "skipped_steps": state.skipped_steps,
+        "bad_samples": state.bad_samples,
+        "skipped_shards": p.spec.skipped_shards,
+        "checkpoint": p.run.ckpt.latest(),
+        **(result.final or {}),
+    }
+    (p.run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,7 +1,6 @@
-"""Checks before anything is queued, shared by ``launch.submit``, the Hydra launcher callback and ``launch.check``
-(the sbatch script's dry run): every job's config composed and validated here (pipeline/preflight.py), and the
-Slurm request checked against the cluster (requeue settings, partition, a node that can hold the request).
-No submitit import."""
+"""The Slurm request checked against the cluster before anything is queued (requeue settings, partition, a node that
+can hold the request), shared by ``launch.submit`` and the bertrun Hydra launchers (launch/hydra_launcher.py). The
+jobs' configs are checked by pipeline/preflight.py. No submitit import."""
 
 from __future__ import annotations
 
@@ -58,14 +57,6 @@ def check_slurm_request(
         known = slurm_partitions()
         if known is not None and partition not in known:
             raise LaunchError(f"partition {partition!r} does not exist on this cluster; known: {', '.join(known)}")
-
-
-def check_job_config(stage: str, overrides: list[str], world_size: int) -> None:
-    """The job's config as its entry point will compose it, checked for the job's world size (a misspelt key, a
-    value outside a choice, a required value left out, a batch that does not split over the ranks)."""
-    from pipeline.preflight import check_job
-
-    check_job(stage, overrides, world_size)
 
 
 def slurm_nodes(partition: str | None) -> list[dict] | None:
