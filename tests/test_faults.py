@@ -197,7 +197,7 @@ def test_a_full_disk_stops_a_save_in_one_line_and_the_same_command_resumes_once_
         # Space freed: the same command resumes from step 2 and finishes.
         ballast.unlink()
         p = run_module("pipeline.pretrain", args_for(synth_data, run, *cmd, "max_steps=4"))
-        assert "resumed from" in p.stderr and json.loads((run / "summary.json").read_text())["step"] == 4
+        assert "resumed from" in p.stdout + p.stderr and json.loads((run / "summary.json").read_text())["step"] == 4
         assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
         # The export and metrics.jsonl say the same in one line when the disk is full.
         fill(disk, leave_kb=64)
