@@ -145,3 +145,8 @@ def test_launch_submit_dry_run_checks_the_config_and_submits_nothing(tiny_data, 
     assert p.returncode == 2 and _lines(p) == ["error: global_batch_size=3 is not divisible by the world size 2"]
     assert not (tmp_path / "r").exists()
 
+
+def test_collect_help_keeps_its_examples_on_their_own_lines():
+    p = run_module("launch.collect", ["--help"])
+    example = "\n    python -m launch.collect checkpoints/suite      # a folder of sweeps (suite/five, suite/wnut16)"
+    assert p.returncode == 0 and example in p.stdout

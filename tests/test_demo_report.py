@@ -397,8 +397,41 @@ def test_demo_refuses_a_typo_before_any_work(tmp_path):
         text=True,
         timeout=300,
     )
-    assert p.returncode != 0 and "error: pretrain:" in p.stderr and "lrr" in p.stderr
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        "error: pretrain: optim.lrr: no such key (did you mean optim.lr?); the keys are listed by --help"
+    ]
     assert not (tmp_path / "d" / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "arg, line",
+    [
+        ("profile=qualty", "error: profile=qualty: expected one of cpu, quality, gpu (did you mean quality?); see "
+                           "launch/demo_profiles.py"),
+        ("rehearse=yes", "error: rehearse=yes: expected true or false"),
+        ("tasks:trec", "error: unknown argument 'tasks:trec': expected profile=, out=, nproc=, seeds=, text=, tasks=, "
+                       "corpus=, cache=, rehearse= or prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo "
+                       "--help)"),
+    ],
+    ids=["profile", "rehearse", "unknown"],
+)  # fmt: skip
+def test_demo_argument_mistakes_are_one_error_line_and_exit_2(tmp_path, arg, line):
+    p = subprocess.run(
+        [sys.executable, "-m", "launch.demo", f"out={tmp_path / 'd'}", arg],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (p.returncode, p.stderr.splitlines()) == (2, [line])
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_misspelt_task_is_a_demo_error_before_any_work():
+    """main turns a DemoError into its one line and exit 2 (above); a task name is checked with every stage's config."""
+    from launch.demo import DemoError, check_configs, stage_args
+    from launch.demo_profiles import CPU
+
+    none = {"prep": [], "pretrain": [], "finetune": []}
+    with pytest.raises(DemoError, match=r"^finetune: task=trecc: no such preset in conf/task/; available: .*trec"):
+        check_configs(stage_args(CPU, Path("data"), Path("run"), Path("hf"), none, cuda=False, tasks=["trecc"]))
 
 
 def test_pretrain_report_has_plots_and_the_final_numbers(synth_data, tmp_path):
@@ -425,3 +458,4 @@ def test_pretrain_report_has_plots_and_the_final_numbers(synth_data, tmp_path):
 def test_report_names_what_it_cannot_read(tmp_path):
     p = run_module("pipeline.report", [f"run_dir={tmp_path}"], check=False, timeout=120)
     assert p.returncode != 0 and "neither a run" in p.stderr
+
