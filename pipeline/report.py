@@ -2,7 +2,9 @@
 
 PNG plots and a Markdown summary of a pretraining run, a finetuning run, or a sweep (a folder of either), from the
 files every run writes (metrics.jsonl, summary.json, results.json, .hydra/overrides.yaml): for users without W&B.
-Written to ``<run_dir>/report/`` (report.md next to the plots).
+Written to ``<run_dir>/report/`` (report.md next to the plots). A finetuning sweep's plot has a panel per task and a
+row per arm (pretrained / random init, from each results.json) and group (what else varies), with every seed as a
+dot and the median and spread written out, on an axis zoomed to the data: 0.69 and 0.75 must not look alike.
 """
 
 from __future__ import annotations
