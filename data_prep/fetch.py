@@ -275,15 +275,52 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             names.append(a)
+    if not names:
+        print("error: no data set named: give one or more NAMEs (python -m data_prep.fetch --list)", file=sys.stderr)
+        return 2
+    out, cache = Path(opts["out"]), Path(opts["cache"]).expanduser()
+    recs = []
     try:
+        out.mkdir(parents=True, exist_ok=True)  # before any download: a bad out= costs a second, not the archives
         for name in names:
-            rec = fetch_one(name, Path(opts["out"]), Path(opts["cache"]).expanduser(), opts["force"] == "true")
-            print(describe(rec), flush=True)
+            recs.append(fetch_one(name, out, cache, opts["force"] == "true"))
+            print(describe(recs[-1]), flush=True)
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"written under {opts['out']}/ (record.json per set)")
+    except OSError as e:  # a folder that cannot be created or written (a file in the way, permissions, a full disk)
+        print(f"error: {_write_error(e, out, cache)}", file=sys.stderr)
+        return 2
+    print(f"written under {out}/ (record.json per set)")
+    for line in next_steps(recs, out):
+        print(line)
     return 0
+
+
+def _write_error(e: OSError, out: Path, cache: Path) -> str:
+    """One line for a failed mkdir/write: the option to change (out= or cache=), the path and the reason."""
+    path = Path(e.filename) if e.filename else out
+    key, folder = ("cache", cache) if path.absolute().is_relative_to(cache.absolute()) else ("out", out)
+    reason = (e.strerror or str(e)).lower()
+    return f"{key}={folder}: cannot write {path} ({reason}): pass {key}= a folder you can create and write"
+
+
+def next_steps(recs: list[dict], out: Path) -> list[str]:
+    """How the stages read what was fetched. The task presets read BERTRUN_REAL_DATA/<name>/ (default data/real,
+    relative to the working directory), so a set fetched anywhere else is found only with that variable set."""
+    lines = []
+    text = [r["name"] for r in recs if r["kind"] == "text"]
+    tasks = [r["name"] for r in recs if r["kind"] != "text"]
+    if text:
+        inputs = ",".join(str(out / n / "documents.jsonl") for n in text)
+        lines.append(f"next (shards): python -m data_prep input='[{inputs}]' output=data/real128")
+    if tasks:
+        here = "" if out.absolute() == Path("data/real").absolute() else f"BERTRUN_REAL_DATA={out.absolute()} "
+        lines.append(
+            f"next (finetune): {here}python -m pipeline.finetune task={tasks[0]} model.path=RUN_DIR_or_HF_DIR"
+            + ("" if here else f" (from another folder: BERTRUN_REAL_DATA={out.absolute()})")
+        )
+    return lines
 
 
 if __name__ == "__main__":

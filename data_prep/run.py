@@ -82,9 +82,8 @@ def _prepare(cfg: DataPrepConfig, sources: list[Source], out: str, started: floa
 
     t = time.perf_counter()
     tok_timings: dict[str, float] = {}
-    tok_info = _ensure_tokenizer(cfg, sources, out, workers, tok_timings)
+    tok_info = _ensure_tokenizer(cfg, sources, out, workers, tok_timings)  # says where it came from
     tokenizer_s = time.perf_counter() - t
-    log.info("tokenizer: %d tokens, sha256 %s (%.1f s)", tok_info["vocab_size"], tok_info["sha256"][:12], tokenizer_s)
 
     params = WorkerParams(
         out_dir=out,
@@ -102,6 +101,12 @@ def _prepare(cfg: DataPrepConfig, sources: list[Source], out: str, started: floa
     t = time.perf_counter()
     records, stats, n_chunks, stage_s = _make_shards(cfg, sources, params, workers)
     shards_s = time.perf_counter() - t
+    reused = sum(r.get("reused", False) for r in records)
+    if reused:  # a rerun that took a second should say why
+        log.info(
+            "reused %d of %d shards from an earlier run in %s (same input chunk, tokenizer and config; each checked "
+            "against its recorded sha256); overwrite=true makes them again", reused, len(records), out,
+        )  # fmt: skip
     _remove_orphans(out, n_chunks, cfg.part, cfg.num_parts)
 
     part = {
@@ -130,7 +135,7 @@ def _prepare(cfg: DataPrepConfig, sources: list[Source], out: str, started: floa
             "shards_s": round(shards_s, 3),
             "total_s": round(time.time() - started, 3),
             "worker_stage_s": {k: round(v, 3) for k, v in sorted(stage_s.items())},
-            "shards_reused": sum(r.get("reused", False) for r in records),
+            "shards_reused": reused,
         },
     }
     for r in part["shards"]:
@@ -349,9 +354,12 @@ def _ensure_tokenizer(cfg: DataPrepConfig, sources: list[Source], out: str, work
     dst = os.path.join(out, "tokenizer")
     tmp = os.path.join(out, f".tokenizer.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    # One line on where the tokenizer came from; what it is (size, special ids) is in the closing summary.
+    existed = os.path.isdir(dst)
     if cfg.tokenizer.path:
         tokenization.copy_pretrained(cfg.tokenizer.path, tmp)
-    elif os.path.isdir(dst):
+    elif existed:
+        log.info("reusing the tokenizer in %s (from an earlier run in this output)", dst)
         return tokenization.info(dst)
     elif cfg.part != 0:
         return _wait_for_tokenizer(dst, cfg.tokenizer.wait_s)
@@ -365,7 +373,8 @@ def _ensure_tokenizer(cfg: DataPrepConfig, sources: list[Source], out: str, work
         del texts
         timings["tokenizer_train_s"] = time.perf_counter() - t
         tokenization.save(tok, cfg.tokenizer.lowercase, tmp, cfg.tokenizer.strip_accents)
-        log.info("tokenizer: sample read and cleaned in %.1f s, trained in %.1f s", *timings.values())
+        train_s, sample_s = timings["tokenizer_train_s"], timings["tokenizer_sample_s"]
+        log.info("  trained in %.1f s (the sample read and cleaned in %.1f s)", train_s, sample_s)
     try:
         os.rename(tmp, dst)
     except OSError:  # another part (or an earlier run) published it first
@@ -376,6 +385,10 @@ def _ensure_tokenizer(cfg: DataPrepConfig, sources: list[Source], out: str, work
                 f"{dst} differs from tokenizer.path {cfg.tokenizer.path!r}: the tokenizer changed since this output "
                 "was started. Use another output directory or overwrite=true"
             ) from None
+    if cfg.tokenizer.path and existed:
+        log.info("reusing the tokenizer in %s (the same as tokenizer.path)", dst)
+    elif cfg.tokenizer.path:
+        log.info("copied the tokenizer of tokenizer.path=%s", cfg.tokenizer.path)
     return tokenization.info(dst)
 
 

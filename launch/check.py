@@ -4,7 +4,8 @@
 
 The same checks as ``launch.submit`` and the bertrun Hydra launchers run before submitting (pipeline/preflight.py):
 launch/pretrain.sbatch calls it first, so a typo ends the job in seconds, before srun starts any rank. Exit 0 and
-one ``ok:`` line, or one ``error:`` line and exit 2.
+one ``ok:`` line (after a ``warning:`` line per input path not seen on this machine), or one ``error:`` line
+and exit 2.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError
-from pipeline.preflight import check_job
+from pipeline.preflight import check_job, path_warnings
 from pipeline.stages import LAUNCHABLE
 
 
@@ -24,11 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the stage, after --")
     args = p.parse_args(argv)
     try:
-        check_job(args.stage, args.overrides, args.world_size)
+        cfg = check_job(args.stage, args.overrides, args.world_size)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"ok: {args.stage} config for {args.world_size} ranks")
+    warnings = path_warnings(args.stage, cfg)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    seen = f" ({len(warnings)} warning{'s' * (len(warnings) > 1)} above)" if warnings else ""
+    print(f"ok: {args.stage} config for {args.world_size} ranks{seen}")
     return 0
 
 

@@ -163,7 +163,9 @@ def collect(folder: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.collect", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m launch.collect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("sweep_dir", help="a sweep folder, or a folder of sweeps (collected into one table)")
     p.add_argument(
         "--allow-missing", action="store_true", help="exit 0 even when jobs failed, are running or never started"

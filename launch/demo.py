@@ -27,6 +27,7 @@ numbers say nothing about the profile; it exits 0 when every stage ran.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -41,6 +42,13 @@ from pipeline.dist import free_port
 
 OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache", "rehearse")
 REHEARSAL = "REHEARSAL"  # the marker file of a rehearsal's out folder
+USER_ERROR = 2  # as every entry point (pipeline/cli.py)
+
+
+class DemoError(ValueError):
+    """A mistake the user can fix (an argument, a stage's override, a data set name, the out folder): ``main`` prints
+    it as one ``error:`` line and exits 2, as every stage does. A stage that fails while running is not one of these:
+    it ends with its log's last lines (launch/stages.py)."""
 
 
 def parse(argv: list[str]) -> dict:
@@ -52,18 +60,20 @@ def parse(argv: list[str]) -> dict:
             continue
         key, eq, value = arg.partition("=")
         if not eq or key not in OPTIONS:
-            raise SystemExit(
+            raise DemoError(
                 f"unknown argument {arg!r}: expected {'=, '.join(OPTIONS)}= or prep:/pretrain:/finetune:KEY=VALUE "
                 f"(see python -m launch.demo --help)"
             )
         opts[key] = value
     name = opts["profile"] or "cpu"
     if name not in PROFILES:
-        raise SystemExit(f"profile={name}: expected one of {', '.join(PROFILES)} (launch/demo_profiles.py)")
+        close = difflib.get_close_matches(name, PROFILES, n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise DemoError(f"profile={name}: expected one of {', '.join(PROFILES)}{guess}; see launch/demo_profiles.py")
     prof = PROFILES[name]
     opts["profile"] = prof
     if opts["rehearse"] not in (None, "true", "false"):
-        raise SystemExit(f"rehearse={opts['rehearse']}: expected true or false")
+        raise DemoError(f"rehearse={opts['rehearse']}: expected true or false")
     opts["rehearse"] = opts["rehearse"] == "true"
     opts["out"] = opts["out"] or ("checkpoints/demo-rehearsal" if opts["rehearse"] else "checkpoints/demo")
     opts["nproc"] = int(opts["nproc"] or prof.nproc)
@@ -115,14 +125,14 @@ def check_configs(args: dict, nproc: int = 1) -> None:
         try:
             compose(config_name="data_prep", overrides=["input=x", *args["prep"]])
         except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
-            raise SystemExit(f"error: prep: {one_line(e) or e}") from e
+            raise DemoError(f"prep: {one_line(e) or e}") from e
     finetunes = [("finetune", [f"task={t}", *a], 1) for t, a in args["finetune"].items()]  # finetune: 1 process
     jobs = [("pretrain", args["pretrain"], nproc), *finetunes]
     for name, overrides, world in jobs:
         try:
             check_job(name, overrides, world)
         except ConfigError as e:
-            raise SystemExit(f"error: {name}: {e}") from e
+            raise DemoError(f"{name}: {e}") from e
 
 
 def fetch_data(opts: dict, real: Path) -> list[str]:
@@ -135,7 +145,7 @@ def fetch_data(opts: dict, real: Path) -> list[str]:
     try:
         recs = {n: fetch_one(n, real, cache) for n in names}
     except FetchError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise DemoError(str(e)) from e
     for rec in recs.values():
         print(f"   {describe(rec)}", flush=True)
     if opts["corpus"]:
@@ -148,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    o = parse(argv)
+    try:
+        return demo(parse(argv))
+    except DemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR
+
+
+def demo(o: dict) -> int:
+    """The main job for the parsed options: fetch, then every stage not yet complete, then the reports and headline."""
     forward_stop_signals()
     import torch
 
@@ -156,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(o["out"]).resolve()
     check_out(out, prof)
     if prof.needs_gpu and not torch.cuda.is_available():
-        raise SystemExit(
-            f"error: profile={prof.name} needs a CUDA GPU and torch sees none here: rehearse=true runs its whole flow "
+        raise DemoError(
+            f"profile={prof.name} needs a CUDA GPU and torch sees none here: rehearse=true runs its whole flow "
             "here at tiny sizes (minutes) to check it first; profile=cpu or quality run on the CPU"
         )
     logs, real = out / "logs", out / "real"
@@ -227,10 +245,10 @@ def check_out(out: Path, prof) -> None:
     real run would otherwise take a rehearsal's tiny model as its own (and a rehearsal would report a real one)."""
     rehearsed, started = (out / REHEARSAL).is_file(), (out / "data" / "manifest.json").is_file()
     if rehearsed and not prof.rehearsal:
-        raise SystemExit(f"error: out={out} holds a rehearsal (tiny sizes): choose another out= or delete that folder")
+        raise DemoError(f"out={out} holds a rehearsal (tiny sizes): choose another out= or delete that folder")
     if prof.rehearsal and started and not rehearsed:
-        raise SystemExit(
-            f"error: out={out} holds a real run: a rehearsal needs its own out= (default: checkpoints/demo-rehearsal)"
+        raise DemoError(
+            f"out={out} holds a real run: a rehearsal needs its own out= (default: checkpoints/demo-rehearsal)"
         )
 
 

@@ -30,29 +30,13 @@ def raise_failed(ret: JobReturn) -> JobReturn:
 
 
 def check_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
-    """The Slurm request, then every job's config for the job's world size; a LaunchError names the job."""
+    """Every job's config for the job's world size (a LaunchError names the job), then the Slurm request: a typo is
+    the first thing to fix, and a refusal of the request would only be followed by it."""
     from pipeline.cli import one_line
     from pipeline.config import ConfigError
     from pipeline.preflight import check_config
 
     p, config = launcher.params, launcher.config
-    if launcher._EXECUTOR == "slurm":
-        check_slurm_request(
-            partition=p.get("partition"),
-            timeout_min=int(p["timeout_min"]),
-            signal_delay_s=int(p["signal_delay_s"]),
-            max_num_timeout=int(p["max_num_timeout"]),
-            tasks_per_node=int(p["tasks_per_node"]),
-            gpus_per_node=p.get("gpus_per_node"),
-        )
-        check_capacity(
-            p.get("partition"),
-            int(p["nodes"]),
-            int(p["tasks_per_node"]),
-            p.get("cpus_per_task"),
-            p.get("mem_gb"),
-            p.get("gpus_per_node"),
-        )
     stage, world = str(config.hydra.job.config_name), int(p.get("nodes") or 1) * int(p["tasks_per_node"])
     loader = launcher.hydra_context.config_loader
     for num, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -63,6 +47,30 @@ def check_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx
             if line is None:
                 raise
             raise LaunchError(f"sweep job #{num} ({' '.join(overrides)}): {line}; nothing was submitted") from e
+    if launcher._EXECUTOR == "slurm":
+        check_slurm_request(
+            partition=p.get("partition"),
+            timeout_min=int(p["timeout_min"]),
+            signal_delay_s=int(p["signal_delay_s"]),
+            max_num_timeout=int(p["max_num_timeout"]),
+            tasks_per_node=int(p["tasks_per_node"]),
+            gpus_per_node=p.get("gpus_per_node"),
+        )
+        given = {
+            o.lstrip("+").split("=", 1)[0].removeprefix("hydra.launcher.")
+            for o in config.hydra.overrides.hydra
+            if o.lstrip("+").startswith("hydra.launcher.")
+        }
+        check_capacity(
+            p.get("partition"),
+            int(p["nodes"]),
+            int(p["tasks_per_node"]),
+            p.get("cpus_per_task"),
+            p.get("mem_gb"),
+            p.get("gpus_per_node"),
+            preset={"nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "gpus_per_node"} - given,
+            spell=lambda key, value: f"hydra.launcher.{key}={value}",
+        )
 
 
 def launch_checked(

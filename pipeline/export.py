@@ -9,9 +9,14 @@ written when pretraining started), so the data directory may have moved or gone.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,6 +29,25 @@ log = logging.getLogger(__name__)
 
 class ExportError(ConfigError):
     """A run_dir or step that cannot be exported: reported in one line (pipeline/cli.py)."""
+
+
+_BAR = re.compile(r"\d+/\d+ \[")  # a tqdm line ("1/1 [00:00<00:00"): worth nothing once it is done
+
+
+@contextlib.contextmanager
+def library_output() -> Iterator[None]:
+    """DeepSpeed's zero_to_fp32 prints its steps ("Processing zero checkpoint ...") and a "Loading checkpoint shards"
+    bar, and transformers' save_pretrained a "Writing model shards" bar: among our lines on the console they read as
+    something to act on. Here they go to this module's log at DEBUG instead. Logging handlers keep the stream they
+    were built with, so our own log lines still reach the console and the log file."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        for line in buf.getvalue().replace("\r", "\n").splitlines():
+            if line.strip() and not _BAR.search(line):
+                log.debug("%s", line)
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> tuple[Path, str]:
@@ -62,7 +86,8 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
             f"it for one step with its original data.path ({cfg.data.path}) to add them, then export again"
         )
 
-    sd = consolidated_state_dict(ckpt_root, tag)
+    with library_output():
+        sd = consolidated_state_dict(ckpt_root, tag)
     if cfg.model.init_from:
         config = BertForPreTraining.config_class.from_pretrained(cfg.model.init_from)
     else:
@@ -78,7 +103,8 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out, safe_serialization=True)
+        with library_output():
+            model.save_pretrained(out, safe_serialization=True)
         for f in tokenizer_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, out / f.name)
@@ -90,7 +116,9 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
             f"exporting {ckpt_root / tag} to {out}", out, e,
             "the checkpoint is untouched; free space (or give output=DIR elsewhere) and export again",
         ) from e  # fmt: skip
-    log.info("exported %s/%s to %s", ckpt_root, tag, out)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("exported step %s (%s) to %s: %s parameters, tokenizer, README.md", state.get("step"), ckpt_root / tag,
+             out, f"{params:,}")  # fmt: skip
     return out
 
 
@@ -128,10 +156,14 @@ def main() -> None:
 
     from pipeline.cli import run, user_errors
 
+    # Consolidating a checkpoint is CPU work: named, DeepSpeed does not guess aloud ("Setting accelerator to CPU").
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
     @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
     def _run(cfg) -> None:
         with user_errors():
-            print(export(cfg.run_dir, cfg.step, cfg.output))
+            out = export(cfg.run_dir, cfg.step, cfg.output)
+            print(f"  next: python -m pipeline.finetune model.path={out} task=NAME (the tasks: conf/task/README.md)")
 
     run(_run, "export")
 

@@ -3,10 +3,15 @@ queued (launch.submit, the bertrun Hydra launchers, launch.check in the sbatch s
 seconds here instead of after hours in the queue.
 
 Checks only what needs no data, model or process group: composition (unknown keys, values outside a choice, missing
-presets), required values left at ``???``, interpolations, and the batch plan for the job's world size.
+presets), required values left at ``???``, interpolations, and the batch plan for the job's world size. The input
+paths the job will read are looked for on this machine too, but a missing one is a warning (``path_warnings``).
 """
 
 from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -63,3 +68,44 @@ def check_job(stage: str, overrides: list[str], world_size: int) -> DictConfig:
         raise ConfigError(line) from e
     check_config(stage, cfg, world_size)
     return cfg
+
+
+def _looks_like_path(value: str) -> bool:
+    """A finetune model.path may also be a hub id (``bert-base-uncased``, ``google/bert_uncased_L-2_H-128_A-2``)."""
+    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+
+
+def _entries(folder: Path, most: int = 10_000) -> list[str]:
+    """Names in ``folder`` (none if it cannot be read), at most ``most``: a shared data folder can be huge."""
+    try:
+        return [e.name for e in itertools.islice(folder.iterdir(), most)]
+    except OSError:
+        return []
+
+
+def path_warnings(stage: str, cfg: DictConfig) -> list[str]:
+    """One line per input path of the job that this machine does not see, with the folder's closest entry.
+
+    Warnings, not errors: a cluster's data often sits on a filesystem mounted only on the compute nodes, and the
+    submitting machine cannot tell. But it is usually the same filesystem, and then a missing path is a typo that
+    would otherwise be found only after the job waited in the queue.
+    """
+    wanted: list[tuple[str, str, str]] = []  # (key, path, "dir" or "file")
+    if stage == "pretrain":
+        wanted.append(("data.path", str(cfg.data.path), "dir"))
+    elif stage == "finetune":
+        if _looks_like_path(str(cfg.model.path)):
+            wanted.append(("model.path", str(cfg.model.path), "dir"))
+        wanted += [(f"task.data_files.{k}", str(v), "file") for k, v in (cfg.task.data_files or {}).items() if v]
+    out = []
+    for key, value, kind in wanted:
+        path = Path(value).expanduser()
+        if path.is_dir() if kind == "dir" else path.is_file():
+            if key == "data.path" and not (path / "manifest.json").is_file():
+                out.append(f"{key}={value}: no manifest.json in it here (data_prep writes it last): the job will fail")
+            continue
+        close = difflib.get_close_matches(path.name, _entries(path.parent), n=1)
+        hint = f" (did you mean {path.parent / close[0]}?)" if close else ""
+        out.append(f"{key}={value}: no such {'directory' if kind == 'dir' else 'file'} on this machine{hint}; "
+                   f"the job will fail unless its nodes see it")  # fmt: skip
+    return out

@@ -2,7 +2,9 @@
 
 PNG plots and a Markdown summary of a pretraining run, a finetuning run, or a sweep (a folder of either), from the
 files every run writes (metrics.jsonl, summary.json, results.json, .hydra/overrides.yaml): for users without W&B.
-Written to ``<run_dir>/report/`` (report.md next to the plots).
+Written to ``<run_dir>/report/`` (report.md next to the plots). A finetuning sweep's plot has a panel per task and a
+row per arm (pretrained / random init, from each results.json) and group (what else varies), with every seed as a
+dot and the median and spread written out, on an axis zoomed to the data: 0.69 and 0.75 must not look alike.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.config import ConfigError  # noqa: E402
-from pipeline.results import job_dirs, overrides, read_json  # noqa: E402
+from pipeline.results import job_dirs, overrides, read_json, seed_sd  # noqa: E402
+
+ARM_COLORS = {"pretrained": "tab:blue", "random init": "tab:orange"}
 
 
 class ReportError(ConfigError):
@@ -34,13 +40,36 @@ def series(recs: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list, list]]]], logy: bool = False) -> str:
+def step_axis(ax) -> None:
+    """Steps are whole numbers: ticks at 7.6, 7.7... (a run of a few steps, or one evaluation) read as a bug."""
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def zoom(lo: float, hi: float, room_right: float = 0.0) -> tuple[float, float]:
+    """Axis limits around the data, not from 0: 0.69 and 0.75 must look different. ``room_right`` (a fraction of the
+    span) leaves space for the values written beside the points."""
+    span = hi - lo or max(abs(hi), 1.0) * 0.05
+    return lo - 0.15 * span, hi + (0.15 + room_right) * span
+
+
+def curves_figure(title: str, panels: list[tuple[str, list[tuple[str, list, list]]]], logy: bool = False) -> Figure:
+    """One panel per (y label, lines) against the step. A line of a single point (a run with one evaluation) gets its
+    value written beside it and an x range of whole steps around it: alone, it was a dot on an unlabeled range."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels):
+        single = [xs[0] for _, xs, _ in lines if len(xs) == 1]
         for label, xs, ys in lines:
-            if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, ms=3, label=label)
-        ax.set_xlabel("step")
+            if not xs:
+                continue
+            (line,) = ax.plot(xs, ys, marker="o" if len(xs) < 12 else None, ms=3 if len(xs) > 1 else 6, label=label)
+            if len(xs) == 1:
+                ax.annotate(f"{label} {ys[0]:.4g}", (xs[0], ys[0]), xytext=(8, 0), textcoords="offset points",
+                            va="center", fontsize=8, color=line.get_color())  # fmt: skip
+        step_axis(ax)
+        if single and all(len(xs) <= 1 for _, xs, _ in lines):
+            ax.set_xlim(min(single) - 1, max(single) + 2)  # room on the right for the values
+            ax.set_title(f"one evaluation, at step {single[0]}" if len(set(single)) == 1 else "", fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if logy:
@@ -49,9 +78,17 @@ def plot(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list, l
             ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
+
+
+def plot(path: Path, title: str, panels: list[tuple[str, list[tuple[str, list, list]]]], logy: bool = False) -> str:
+    return save(curves_figure(title, panels, logy), path)
 
 
 def fmt(v) -> str:
@@ -154,11 +191,14 @@ def finetune_report(run: Path, out: Path) -> list[str]:
     return [f"# Finetuning run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs)]
 
 
-def sweep_report(sweep: Path, out: Path) -> list[str]:
+def sweep_rows(sweep: Path) -> tuple[list[dict], list[str]]:
+    """One row per job (its label, and for finetuning the task, metric, arm and seed; the value is None for a job
+    without results) and the table's lines."""
     jobs = job_dirs(sweep)
     ovs = {j: overrides(j) for j in jobs}
     varying = sorted({k for o in ovs.values() for k in o if len({x.get(k) for x in ovs.values()}) > 1})
-    label = lambda j: " ".join(f"{k}={ovs[j].get(k, '')}" for k in varying) or j.name  # noqa: E731
+    # What sets a job apart besides its seed and arm: a finetune sweep's points are grouped by it.
+    grouping = [k for k in varying if k not in ("seed", "model.random_init", "task")]
     finetune = any((j / "results.json").is_file() for j in jobs)
     lines = [
         f"# Sweep `{sweep}`: {len(jobs)} jobs",
@@ -166,31 +206,106 @@ def sweep_report(sweep: Path, out: Path) -> list[str]:
         "| job | " + " | ".join(varying) + " | result |",
         "|---|" + "---|" * (len(varying) + 1),
     ]
-    names, values = [], []
+    rows = []
     for j in jobs:
+        row = {"job": j, "label": " ".join(f"{k}={ovs[j].get(k, '')}" for k in varying) or j.name}
         if finetune:
-            res = read_json(j / "results.json") or None
-            value = res["validation"][res["main_metric"]] if res else None
-            metric = res["main_metric"] if res else "?"
+            res = read_json(j / "results.json")
+            metric = res.get("main_metric", "?")
+            row |= {
+                "task": res.get("task", ovs[j].get("task", "?")),
+                "arm": "random init" if res.get("source", {}).get("random_init") else "pretrained",
+                "seed": res.get("seed"),
+                "group": " ".join(f"{k}={ovs[j].get(k, '')}" for k in grouping),
+                "value": res["validation"][metric] if res else None,
+            }
         else:
-            summary = read_json(j / "summary.json")
-            value, metric = summary.get("val_loss"), "val_loss"
-        lines.append(f"| {j.name} | " + " | ".join(ovs[j].get(k, "") for k in varying) + f" | {metric} {fmt(value)} |")
-        if value is not None:
-            names.append(label(j))
-            values.append(value)
-    fig, axes = plt.subplots(1, 2 if not finetune else 1, figsize=(11 if not finetune else 7, 3.8), squeeze=False)
-    axes[0][0].barh(names, values)
-    axes[0][0].set_xlabel("validation " + ("main metric" if finetune else "loss"))
-    if not finetune:
-        for j in jobs:
-            axes[0][1].plot(*series(read_jsonl(j / "metrics.jsonl"), "loss"), label=label(j))
-        axes[0][1].set_xlabel("step")
-        axes[0][1].set_ylabel("train loss")
-        axes[0][1].legend(fontsize=7)
+            metric, row["value"] = "val_loss", read_json(j / "summary.json").get("val_loss")
+        row["metric"] = metric
+        rows.append(row)
+        cells = " | ".join(ovs[j].get(k, "") for k in varying)
+        lines.append(f"| {j.name} | {cells} | {metric} {fmt(row['value'])} |")
+    return rows, lines
+
+
+def finetune_sweep_figure(name: str, rows: list[dict]) -> Figure:
+    """Per task a panel; per group (what varies besides seed and arm) and arm a row: every seed's value as a dot,
+    the median as a bar with its value and the spread over seeds written beside it, the range as a line, and the axis
+    zoomed to the data. Pretrained and random init (results.json source.random_init) in two colours."""
+    rows = [r for r in rows if r["value"] is not None]
+    if not rows:
+        fig = plt.figure(figsize=(6, 1.5))
+        fig.suptitle(f"{name}: no job has finished (results.json)")
+        return fig
+    tasks = sorted({r["task"] for r in rows})
+    arms = [a for a in ARM_COLORS if any(r["arm"] == a for r in rows)]
+    groups = sorted({r["group"] for r in rows})
+    per_task = len(groups) * len(arms)
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 1.4 + 0.55 * per_task * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        labels = []
+        for g in groups:
+            for arm in arms:
+                vals = sorted(r["value"] for r in mine if r["group"] == g and r["arm"] == arm)
+                if not vals:
+                    continue
+                y, color = len(labels), ARM_COLORS[arm]
+                labels.append(f"{g}  {arm}" if g else arm)
+                med = statistics.median(vals)
+                ax.plot([vals[0], vals[-1]], [y, y], color=color, lw=1.2, alpha=0.6)
+                # Each seed a little above the last: seeds with the same value (a majority-class plateau) stay visible.
+                jitter = [y + 0.12 * (i - (len(vals) - 1) / 2) for i in range(len(vals))]
+                ax.plot([med], [y], marker="|", ms=22, mew=2, color=color, alpha=0.8, zorder=3)
+                ax.scatter(vals, jitter, color=color, s=24, edgecolors="white", linewidths=0.6, zorder=4)
+                text = f"median {med:.3f} (sd {seed_sd(vals):.3f}, {len(vals)} seeds)" if vals[1:] else f"{med:.3f}"
+                ax.annotate(text, (vals[-1], y), xytext=(8, 0), textcoords="offset points", va="center", fontsize=8)
+        values = [r["value"] for r in mine]
+        ax.set_xlim(*zoom(min(values), max(values), room_right=0.8))
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(len(labels) - 0.5, -0.5)  # the first row on top
+        ax.set_xlabel(f"validation {mine[0]['metric']} (axis zoomed to the data)")
+        ax.set_title(task, fontsize=10, loc="left")
+        ax.set_title("dot: a seed, bar: median, line: range", fontsize=8, loc="right", color="dimgray")
+        ax.grid(axis="x", alpha=0.3)
+    seeds, metrics = {r["seed"] for r in rows}, {r["metric"] for r in rows}
+    metric = metrics.pop() if len(metrics) == 1 else "main metric"
+    fig.suptitle(f"{name}: validation {metric}, {' vs '.join(arms)} ({len(seeds)} seeds)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def pretrain_sweep_figure(name: str, rows: list[dict]) -> Figure:
+    """Each job's validation loss as a dot on a zoomed axis (a bar from 0 hides the differences), and the training
+    loss curves."""
+    done = [r for r in rows if r["value"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 0.4 * max(len(done), 3)), squeeze=False)
+    ax = axes[0][0]
+    ax.scatter([r["value"] for r in done], range(len(done)), s=30, zorder=3)
+    for y, r in enumerate(done):
+        ax.annotate(f"{r['value']:.4g}", (r["value"], y), xytext=(8, 0), textcoords="offset points", va="center",
+                    fontsize=8)  # fmt: skip
+    if done:
+        ax.set_xlim(*zoom(min(r["value"] for r in done), max(r["value"] for r in done), room_right=0.5))
+    ax.set_yticks(range(len(done)), [r["label"] for r in done])
+    ax.set_ylim(len(done) - 0.5, -0.5)
+    ax.set_xlabel("validation loss (axis zoomed to the data)")
+    ax.grid(axis="x", alpha=0.3)
+    for r in rows:
+        axes[0][1].plot(*series(read_jsonl(r["job"] / "metrics.jsonl"), "loss"), label=r["label"])
+    step_axis(axes[0][1])
+    axes[0][1].set_ylabel("train loss")
+    axes[0][1].legend(fontsize=7)
+    fig.suptitle(f"{name}: {len(rows)} pretraining jobs")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_report(sweep: Path, out: Path) -> list[str]:
+    rows, lines = sweep_rows(sweep)
+    finetune = any("task" in r for r in rows)
+    fig = (finetune_sweep_figure if finetune else pretrain_sweep_figure)(sweep.name, rows)
+    save(fig, out / "sweep.png")
     return [*lines, "", "![sweep](sweep.png)"]
 
 

@@ -134,7 +134,8 @@ def test_data_prep_help_and_a_misspelt_key(tmp_path):
 def test_launch_submit_dry_run_checks_the_config_and_submits_nothing(tiny_data, tmp_path):
     base = ["--local", "--dry-run", "--tasks-per-node", "2", "--", f"data.path={tiny_data}", f"run_dir={tmp_path}/r"]
     p = run_module("launch.submit", [*base, *PRETRAIN, "global_batch_size=8"], cwd=tmp_path)
-    assert p.stdout.strip() == "dry run: every check passed; nothing submitted"
+    assert p.stdout.startswith("dry run: submitit's LocalExecutor would start 2 task(s) here, logs in ")
+    assert p.stdout.strip().endswith("dry run: every check passed; nothing submitted") and not p.stderr.strip()
     p = run_module("launch.submit", [*base, "max_step=5"], cwd=tmp_path, check=False)
     assert p.returncode == 2 and _lines(p) == ["error: max_step: no such key (did you mean max_steps?); the keys "
                                                "are listed by --help"]  # fmt: skip
@@ -143,3 +144,9 @@ def test_launch_submit_dry_run_checks_the_config_and_submits_nothing(tiny_data, 
     p = run_module("launch.check", ["--world-size", "2", "--", "data.path=/x", "global_batch_size=3"], check=False)
     assert p.returncode == 2 and _lines(p) == ["error: global_batch_size=3 is not divisible by the world size 2"]
     assert not (tmp_path / "r").exists()
+
+
+def test_collect_help_keeps_its_examples_on_their_own_lines():
+    p = run_module("launch.collect", ["--help"])
+    example = "\n    python -m launch.collect checkpoints/suite      # a folder of sweeps (suite/five, suite/wnut16)"
+    assert p.returncode == 0 and example in p.stdout

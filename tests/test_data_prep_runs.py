@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -196,9 +197,15 @@ def test_merge_refuses_missing_parts_and_shards(tmp_path, corpus, capsys):
     assert "parts [0, 2] of 3 have not finished" in capsys.readouterr().err
 
 
-def test_rerun_keeps_verified_shards_and_redoes_damaged_ones(tmp_path, corpus):
+def test_rerun_keeps_verified_shards_and_redoes_damaged_ones(tmp_path, corpus, caplog):
     cfg = _lee(tmp_path, corpus)
+    caplog.set_level(logging.INFO, logger="data_prep")
     first = prepare(cfg)
+    # One line on where the tokenizer came from (what it is: the closing summary); nothing reused the first time.
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == f"copied the tokenizer of tokenizer.path={cfg.tokenizer.path}"
+    assert not [m for m in said if m.startswith(("tokenizer", "reus"))], said
+    caplog.clear()
     out = cfg.output
     before = _mtimes(out)
     names = sorted(before)
@@ -217,6 +224,9 @@ def test_rerun_keeps_verified_shards_and_redoes_damaged_ones(tmp_path, corpus):
     assert redone == {deleted, corrupted, unrecorded}
     assert second["fingerprint"] == first["fingerprint"]
     assert second["timings"][0]["shards_reused"] == len(names) - 3
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == f"reusing the tokenizer in {out}/tokenizer (the same as tokenizer.path)"
+    assert f"reused {len(names) - 3} of {len(names)} shards from an earlier run in {out} (same input chunk, " in said[1]
 
 
 def test_crashed_run_resumes_to_the_same_output(tmp_path, corpus, monkeypatch):

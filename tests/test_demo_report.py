@@ -397,8 +397,41 @@ def test_demo_refuses_a_typo_before_any_work(tmp_path):
         text=True,
         timeout=300,
     )
-    assert p.returncode != 0 and "error: pretrain:" in p.stderr and "lrr" in p.stderr
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        "error: pretrain: optim.lrr: no such key (did you mean optim.lr?); the keys are listed by --help"
+    ]
     assert not (tmp_path / "d" / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "arg, line",
+    [
+        ("profile=qualty", "error: profile=qualty: expected one of cpu, quality, gpu (did you mean quality?); see "
+                           "launch/demo_profiles.py"),
+        ("rehearse=yes", "error: rehearse=yes: expected true or false"),
+        ("tasks:trec", "error: unknown argument 'tasks:trec': expected profile=, out=, nproc=, seeds=, text=, tasks=, "
+                       "corpus=, cache=, rehearse= or prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo "
+                       "--help)"),
+    ],
+    ids=["profile", "rehearse", "unknown"],
+)  # fmt: skip
+def test_demo_argument_mistakes_are_one_error_line_and_exit_2(tmp_path, arg, line):
+    p = subprocess.run(
+        [sys.executable, "-m", "launch.demo", f"out={tmp_path / 'd'}", arg],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (p.returncode, p.stderr.splitlines()) == (2, [line])
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_misspelt_task_is_a_demo_error_before_any_work():
+    """main turns a DemoError into its one line and exit 2 (above); a task name is checked with every stage's config."""
+    from launch.demo import DemoError, check_configs, stage_args
+    from launch.demo_profiles import CPU
+
+    none = {"prep": [], "pretrain": [], "finetune": []}
+    with pytest.raises(DemoError, match=r"^finetune: task=trecc: no such preset in conf/task/; available: .*trec"):
+        check_configs(stage_args(CPU, Path("data"), Path("run"), Path("hf"), none, cuda=False, tasks=["trecc"]))
 
 
 def test_pretrain_report_has_plots_and_the_final_numbers(synth_data, tmp_path):
@@ -425,3 +458,46 @@ def test_pretrain_report_has_plots_and_the_final_numbers(synth_data, tmp_path):
 def test_report_names_what_it_cannot_read(tmp_path):
     p = run_module("pipeline.report", [f"run_dir={tmp_path}"], check=False, timeout=120)
     assert p.returncode != 0 and "neither a run" in p.stderr
+
+
+def _finetune_job(sweep: Path, num: int, task: str, seed: int, random_init: bool, value: float) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(
+        f"- task={task}\n- seed={seed}\n- model.random_init={str(random_init).lower()}\n"
+    )
+    res = {"task": task, "main_metric": "accuracy", "validation": {"accuracy": value}, "seed": seed}
+    (job / "results.json").write_text(json.dumps(res | {"source": {"random_init": random_init}}))
+
+
+def test_sweep_plot_shows_each_arms_seeds_on_an_axis_zoomed_to_them(tmp_path):
+    """0.69 and 0.75 on bars from 0 look alike: the plot has a title, a row per arm (results.json source.random_init)
+    with a dot per seed and the median and spread written out, and an x axis around the data."""
+    from pipeline.report import finetune_sweep_figure, sweep_rows
+
+    values = {(False, 1): 0.75, (False, 2): 0.74, (False, 3): 0.76, (True, 1): 0.69, (True, 2): 0.70, (True, 3): 0.68}
+    for num, ((random_init, seed), v) in enumerate(values.items()):
+        _finetune_job(tmp_path / "sweep", num, "trec", seed, random_init, v)
+    rows, _ = sweep_rows(tmp_path / "sweep")
+    fig = finetune_sweep_figure("sweep", rows)
+    (ax,) = fig.axes
+    assert fig.get_suptitle() == "sweep: validation accuracy, pretrained vs random init (3 seeds)"
+    assert ax.get_title(loc="left") == "trec" and ax.get_xlabel() == "validation accuracy (axis zoomed to the data)"
+    lo, hi = ax.get_xlim()
+    assert 0.65 < lo < 0.68 and 0.76 < hi < 0.85  # around the data, room for the labels; not from 0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["pretrained", "random init"]
+    dots = {(round(x, 2), round(y)) for c in ax.collections for x, y in c.get_offsets()}  # seeds a little apart
+    assert dots == {(v, int(random_init)) for (random_init, _), v in values.items()}
+    assert [t.get_text() for t in ax.texts] == ["median 0.750 (sd 0.010, 3 seeds)", "median 0.690 (sd 0.010, 3 seeds)"]
+
+
+def test_step_axes_show_whole_steps_and_a_lone_point_shows_its_value():
+    from pipeline.report import curves_figure
+
+    fig = curves_figure("run", [("loss", [("train", [1, 2, 3], [0.9, 0.8, 0.7])]), ("val", [("acc", [8], [0.7188])])])
+    curves, lone = fig.axes
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        assert all(float(t).is_integer() for t in ax.get_xticks() if lo <= t <= hi), ax.get_xticks()
+    assert [t.get_text() for t in lone.texts] == ["acc 0.7188"] and lone.get_title() == "one evaluation, at step 8"
+    assert lone.get_xlim()[0] <= 7 and lone.get_xlim()[1] >= 9 and not curves.texts

@@ -93,3 +93,16 @@ def test_export_errors_name_the_problem(runs, tmp_path):
     p = run_module("pipeline.export", [f"run_dir={tmp_path / 'notarun'}", f"output={tmp_path / 'z'}"], check=False)
     assert p.returncode != 0 and "is not a pretraining run directory" in p.stderr + p.stdout
     assert not (tmp_path / "z").exists()
+
+
+def test_the_export_console_shows_our_lines_only(runs, tmp_path):
+    """DeepSpeed's accelerator guess, zero_to_fp32's own prints and bars, and transformers' "Writing model shards"
+    bar stay off the console: what is left says what was exported where, and what comes next."""
+    out = tmp_path / "hf"
+    p = run_module("pipeline.export", [f"run_dir={runs[3]}", f"output={out}"])
+    ckpt = runs[3] / "checkpoints" / "step_00000012"
+    assert p.stdout.splitlines() == [
+        f"exported step 12 ({ckpt}) to {out}: 528,122 parameters, tokenizer, README.md",
+        f"  next: python -m pipeline.finetune model.path={out} task=NAME (the tasks: conf/task/README.md)",
+    ]
+    assert p.stderr == "" and (out / "model.safetensors").is_file()

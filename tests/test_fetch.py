@@ -140,3 +140,33 @@ def test_list_and_unknown_names(tmp_path):
     assert p.returncode == 0 and all(name in p.stdout for name in SETS)
     with pytest.raises(FetchError, match="unknown data set 'imdb'.*mr"):
         fetch_one("imdb", tmp_path)
+
+
+def test_a_folder_that_cannot_be_created_is_one_line_and_exit_2(tmp_path):
+    """Before any download: out= (or cache=) under a file is named with the key to change."""
+    (tmp_path / "file").write_text("")
+    for args, line in [
+        ([f"out={tmp_path / 'file' / 'real'}"], f"error: out={tmp_path / 'file' / 'real'}: cannot write "),
+        ([f"out={tmp_path / 'o'}", f"cache={tmp_path / 'file' / 'c'}"], f"error: cache={tmp_path / 'file' / 'c'}: "),
+    ]:
+        p = subprocess.run(
+            [sys.executable, "-m", "data_prep.fetch", "trec", *args],
+            cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and p.stderr.startswith(line), p.stderr
+        assert "(not a directory): pass " in p.stderr and "a folder you can create and write" in p.stderr
+
+
+def test_fetch_ends_with_the_variable_that_points_the_task_presets_at_its_output(real):
+    """The presets read data/real/<name>/ unless BERTRUN_REAL_DATA says otherwise: a set fetched elsewhere is found
+    only with it, so the summary names it (and the finetune stage's error does too: test_finetune_units.py)."""
+    out, _ = real
+    p = subprocess.run(
+        [sys.executable, "-m", "data_prep.fetch", "trec", "wikitext2", f"out={out}"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert f"next (finetune): BERTRUN_REAL_DATA={out} python -m pipeline.finetune task=trec " in lines[-1] + " "
+    assert lines[-2] == f"next (shards): python -m data_prep input='[{out / 'wikitext2' / 'documents.jsonl'}]' " \
+                        "output=data/real128"  # fmt: skip

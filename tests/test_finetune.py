@@ -53,7 +53,7 @@ def test_separable_classification_from_a_pretraining_run_dir(source, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run = tmp_path / "run"
-    finetune(
+    p = finetune(
         run,
         f"model.path={source}",
         *separable_files(tmp_path),
@@ -62,6 +62,9 @@ def test_separable_classification_from_a_pretraining_run_dir(source, tmp_path):
         "epochs=3",
         "optim.lr=1e-3",
     )
+    # The console: the summary (and warnings), no timestamped INFO lines or library output; those are in the log file.
+    assert p.stdout.startswith("finetune custom_classification: 48 steps") and p.stderr == "", p.stdout + p.stderr
+    assert "[pipeline.finetune.model][INFO] - new task head" in (run / "__main__.log").read_text()
     r = results(run)
     assert r["task"] == "custom_classification" and r["main_metric"] == "accuracy" and r["labels"] == ["neg", "pos"]
     assert r["validation"]["accuracy"] > 0.9 and r["test"]["accuracy"] > 0.9

@@ -356,6 +356,26 @@ def test_bad_inputs_are_named(tmp_path, caplog):
         resolve_source(str(tmp_path / "run"), None)
 
 
+def test_a_suite_task_without_its_files_names_the_fetch_and_BERTRUN_REAL_DATA(tmp_path, monkeypatch):
+    """After ``data_prep.fetch trec out=DIR`` the preset still reads data/real/: the error says how it finds DIR."""
+    from pipeline.cli import one_line
+    from pipeline.finetune.tasks import TaskDataError, load_task
+
+    monkeypatch.setenv("BERTRUN_REAL_DATA", str(tmp_path))
+    with pytest.raises(TaskDataError) as e:
+        load_task(compose(["task=trec", "model.path=/x"]).task)
+    assert one_line(e.value) == (
+        f"{tmp_path}/trec/train.csv: no such file: task=trec reads BERTRUN_REAL_DATA/trec/ (BERTRUN_REAL_DATA="
+        f"{tmp_path}); fetch it with `python -m data_prep.fetch trec out=DIR` and set BERTRUN_REAL_DATA=DIR, or give "
+        "task.data_files.train=FILE"
+    )
+    monkeypatch.delenv("BERTRUN_REAL_DATA")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TaskDataError, match=r"^data/real/wnut16/train.conll: no such file: .*\(BERTRUN_REAL_DATA is "
+                                            r"unset, so data/real/ in this folder\)"):  # fmt: skip
+        load_task(compose(["task=wnut16", "model.path=/x"]).task)
+
+
 def test_bad_input_on_the_command_line_fails_before_any_training(tmp_path):
     rows = [{"text": "w1 w2", "label": "a"}, {"text": "w3", "label": "b"}]
     write_csv(tmp_path / "train.csv", rows)

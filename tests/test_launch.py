@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -154,3 +155,159 @@ def test_submit_needs_a_run_dir():
         timeout=120,
     )
     assert p.returncode == 2 and "run_dir=" in p.stderr
+
+
+# ---------------------------------------------------------------- launch.submit and launch.check before submitting
+
+
+def fake_sinfo(tmp_path, monkeypatch) -> None:
+    """``sinfo`` first on PATH, answering as a partition ``debug`` of two nodes with 8 CPUs, 7 GB and no GPU each: the
+    request checks run as on a cluster, with no controller (a Slurm client without one waits ~20 s per call)."""
+    from launch import resources
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    sinfo = bin_dir / "sinfo"
+    sinfo.write_text(
+        '#!/bin/sh\ncase "$*" in\n  *%N*) printf "n1|debug*|8|7168|(null)\\nn2|debug*|8|7168|(null)\\n" ;;\n'
+        '  *) echo "debug*" ;;\nesac\n'
+    )
+    sinfo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(resources, "_no_controller", False)
+
+
+def test_submit_reports_a_typo_before_the_request_and_says_which_values_came_from_the_preset(
+    tmp_path, monkeypatch, capsys
+):
+    from launch.submit import main
+
+    fake_sinfo(tmp_path, monkeypatch)
+    args = ["--tasks-per-node", "2", "--", "data.path=/nowhere", f"run_dir={tmp_path / 'r'}"]
+    # The preset's cpus_per_task=8 x 2 tasks fits no node of 8 CPUs; the misspelt key is still the first thing named.
+    assert main([*args, "max_step=5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: max_step: no such key (did you mean max_steps?); the keys are listed by --help"
+    ]
+    assert main(args) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        "error: the default partition cannot hold this job: it asks for 16 CPUs per node (--tasks-per-node 2 x "
+        "--cpus-per-task 8), and its largest node has 8. --cpus-per-task 8 is the preset's "
+        "(conf/hydra/launcher/slurm.yaml), not a value you gave. Ask for --cpus-per-task 4 or less, or pick another "
+        "partition."
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_capacity_refusals_read_as_sentences(monkeypatch):
+    from launch import resources
+
+    monkeypatch.setattr(
+        resources,
+        "slurm_nodes",
+        lambda partition: [
+            {"name": "a", "cpus": 8, "mem_mb": 7168, "gpus": 0},
+            {"name": "b", "cpus": 4, "mem_mb": 64000, "gpus": 4},
+        ],
+    )
+    with pytest.raises(LaunchError) as e:
+        resources.check_capacity("gpu", 1, 8, 1, 128, 8)
+    assert str(e.value) == (
+        "partition 'gpu' cannot hold this job: it asks for 128 GB per node (mem_gb=128), and its largest node has 62; "
+        "it also asks for 8 GPUs per node (gpus_per_node=8), and its largest node has 4. Ask for mem_gb=62 or less "
+        "and gpus_per_node=4 or less (and as many tasks per node), or pick another partition."
+    )
+    # Each resource exists, but on different nodes: no node holds the whole request.
+    with pytest.raises(
+        LaunchError,
+        match=r"it asks for nodes=1 with 8 CPUs, 4 GPUs each, and 0 of its 2 nodes have "
+        r"that\. Pick another partition\.$",
+    ):
+        resources.check_capacity("gpu", 1, 4, 2, None, 4)
+    with pytest.raises(
+        LaunchError, match=r"nodes=3 is the preset's \(conf/hydra/launcher/slurm.yaml\), not a value you gave"
+    ):
+        resources.check_capacity(None, 3, 1, 1, None, None, preset={"nodes"})
+    resources.check_capacity(None, 2, 4, 1, 4, None)  # fits: no error
+
+
+def test_dry_run_prints_the_sbatch_script_submitit_would_submit(tmp_path, monkeypatch, capsys):
+    from launch.submit import main
+
+    fake_sinfo(tmp_path, monkeypatch)
+    (tmp_path / "bert128").mkdir()
+    args = [
+        "--dry-run",
+        "--nodes",
+        "2",
+        "--tasks-per-node",
+        "2",
+        "--cpus-per-task",
+        "4",
+        "--partition",
+        "debug",
+        "--time",
+        "60",
+        "--",
+        f"data.path={tmp_path / 'bert12'}",
+        f"run_dir={tmp_path / 'r'}",
+        "model=bert-tiny",
+    ]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    script = out[out.index("#!/bin/bash") : out.index("each task runs")]
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --partition=debug",
+        "#SBATCH --time=60",
+        "#SBATCH --signal=USR2@180",
+        f"#SBATCH --output={tmp_path / 'r' / 'submitit'}/%j/%j_0_log.out",
+        "export SLURM_NPROCS=$SLURM_NTASKS",
+    ):
+        assert line in script.splitlines(), script
+    assert "srun --unbuffered" in script and "-u -m submitit.core._submit" in script
+    assert f"the same run as `python -m pipeline.pretrain data.path={tmp_path / 'bert12'}" in out
+    assert out.strip().endswith("dry run: every check passed; nothing submitted")
+    # The data is not where the job will look: said (the nodes may see other filesystems), with the nearest name.
+    assert err.splitlines() == [
+        f"warning: data.path={tmp_path / 'bert12'}: no such directory on this machine (did you mean "
+        f"{tmp_path / 'bert128'}?); the job will fail unless its nodes see it"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_check_warns_about_input_paths_this_machine_does_not_see(tmp_path, capsys):
+    from launch.check import main
+
+    (tmp_path / "data").mkdir()
+    assert main(["--", f"data.path={tmp_path / 'data'}"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "ok: pretrain config for 1 ranks (1 warning above)\n"
+    assert (
+        err == f"warning: data.path={tmp_path / 'data'}: no manifest.json in it here (data_prep writes it last): "
+        "the job will fail\n"
+    )
+    assert (
+        main(
+            [
+                "--stage",
+                "finetune",
+                "--",
+                "model.path=./nosuch-model",
+                "task=custom_classification",
+                f"task.data_files.train={tmp_path / 'train.csv'}",
+                f"task.data_files.validation={tmp_path}",
+            ]
+        )
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert out == "ok: finetune config for 1 ranks (3 warnings above)\n"
+    assert [ln.split(": no such")[0] for ln in err.splitlines()] == [
+        "warning: model.path=./nosuch-model",
+        f"warning: task.data_files.train={tmp_path / 'train.csv'}",
+        f"warning: task.data_files.validation={tmp_path}",  # a folder where a file is expected
+    ]

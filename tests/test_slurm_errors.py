@@ -42,12 +42,17 @@ def test_typos_and_impossible_requests_are_refused_with_nothing_submitted(synth_
         [sys.executable, "-m", "launch.submit", *args, "--", f"data.path={synth_data}", f"run_dir={tmp_path / tag}"],
         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert p.returncode == 2 and "can hold 128 CPUs (tasks_per_node=2 x cpus_per_task=64)" in p.stderr, p.stderr
-    assert "the largest node" in p.stderr and "CPUs" in p.stderr
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "cannot hold this job: it asks for 128 CPUs per node (--tasks-per-node 2 x --cpus-per-task 64)" in p.stderr
+    assert "and its largest node has" in p.stderr and ". Ask for --cpus-per-task " in p.stderr
+    assert "preset" not in p.stderr  # every value here was given on the command line
     # A Slurm multirun: a typo in one sweep point, or a request no node can hold, submits no job at all.
     for extra, expected in [
         (["engine.precision=fp32,fp8"], "engine.precision=fp8: Invalid value 'fp8'"),
-        (["hydra.launcher.cpus_per_task=64"], "can hold 128 CPUs"),
+        (
+            ["hydra.launcher.cpus_per_task=64"],
+            "128 CPUs per node (hydra.launcher.tasks_per_node=2 x hydra.launcher.cpus_per_task=64)",
+        ),
     ]:
         p = run_module(
             "pipeline.pretrain",

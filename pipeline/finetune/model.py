@@ -92,15 +92,19 @@ def materialize(src: Source, run_dir: Path, rank: int, barrier) -> str:
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """A fresh task head is expected; say so once ourselves rather than through transformers' load report."""
+    """A fresh task head is expected; say so once ourselves rather than through transformers' load report. Its
+    "Loading weights" bar goes too: on the console it would sit before and after finetune's own bar."""
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_hf(path: str, task, names: list[str], model_cfg=None):
@@ -217,9 +221,11 @@ def save_hf_model(
 ) -> Path:
     """The fp32 weights of a DeepSpeed checkpoint (any ZeRO stage) as a Hugging Face directory; LoRA merged."""
     from pipeline.engine import consolidated_state_dict
+    from pipeline.export import library_output
 
     model = build_task_model(source_path, task, names, model_cfg, lora_cfg)
-    sd = consolidated_state_dict(ckpt_root, tag)
+    with library_output():  # DeepSpeed's "Processing zero checkpoint ..." lines, in the log file only
+        sd = consolidated_state_dict(ckpt_root, tag)
     if lora_cfg.enabled:
         # Only adapters and head trained; DeepSpeed keeps frozen weights in the compute dtype (bf16 would round
         # them), so the base weights stay the source's own fp32 ones, loaded above.
@@ -236,7 +242,8 @@ def save_hf_model(
     hf = model.hf.merge_and_unload() if lora_cfg.enabled else model.hf
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_pretrained(tmp, safe_serialization=True)
+    with library_output():  # a "Writing model shards" bar would sit between finetune's bar and its summary
+        hf.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

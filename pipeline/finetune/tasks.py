@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,20 @@ def _read_hub(task) -> tuple[dict[str, tuple[str, list[dict]]], list[str] | None
     return out, names
 
 
+REAL_DATA = "BERTRUN_REAL_DATA"  # where the offline suite's presets (conf/task/*.yaml) read data_prep.fetch's output
+
+
+def _reads_real_data(task, split: str) -> bool:
+    """Whether task.data_files.<split> is a preset's ``${oc.env:BERTRUN_REAL_DATA,...}`` path (seen before it is
+    resolved), so that a missing file can say where such files come from and how the preset finds them."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(task.data_files, DictConfig):
+        return False
+    raw = OmegaConf.to_container(task.data_files, resolve=False).get(split)
+    return isinstance(raw, str) and REAL_DATA in raw
+
+
 def read_splits(task) -> tuple[dict[str, tuple[str, list[dict]]], list[str] | None]:
     """{split: (source, rows)} and the class names the source declares (hub ClassLabel), if any."""
     files = {k: v for k, v in dict(task.data_files or {}).items() if v}
@@ -152,6 +167,15 @@ def read_splits(task) -> tuple[dict[str, tuple[str, list[dict]]], list[str] | No
                 f"task.data_files needs both train and validation (got {sorted(files)}): "
                 f"task.data_files.train=FILE task.data_files.validation=FILE [task.data_files.test=FILE]"
             )
+        for k, v in files.items():
+            if not Path(v).is_file() and _reads_real_data(task, k):
+                root = os.environ.get(REAL_DATA)
+                now = f"{REAL_DATA}={root}" if root else f"{REAL_DATA} is unset, so data/real/ in this folder"
+                raise TaskDataError(
+                    f"{v}: no such file: task={task.name} reads {REAL_DATA}/{task.name}/ ({now}); fetch it with "
+                    f"`python -m data_prep.fetch {task.name} out=DIR` and set {REAL_DATA}=DIR, or give "
+                    f"task.data_files.{k}=FILE"
+                )
         return {k: (str(v), read_file(v, task.format, task.type)) for k, v in files.items()}, None
     if not task.hub_dataset:
         raise TaskDataError(
