@@ -136,6 +136,9 @@ class StageConfig:
     preempt: PreemptConfig = field(default_factory=PreemptConfig)
     run_dir: str | None = None  # null: Hydra's output dir (checkpoints/<name>, or one per job in a sweep)
     stop_after_steps: int | None = None  # stop (with a checkpoint) at this step, as a preemption would
+    # Continue the run in run_dir although the command changes what it is (seed, dropout, masking...; not what the
+    # checkpoints hold, such as the model's shape): pipeline/rundir.py has the table.
+    allow_config_change: bool = False
 
 
 @dataclass

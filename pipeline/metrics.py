@@ -57,6 +57,19 @@ class JsonlSink(Sink):
         self.f.close()
 
 
+def last_validation(run_dir: Path) -> dict:
+    """The val_* metrics of the last evaluation in ``run_dir/metrics.jsonl``, and its step as ``val_step`` ({} when
+    none). The file holds the run's whole history up to now (a resume drops what came after its checkpoint), so a
+    start that evaluated nothing (a finished run run again, eval.at_end=false) still reports the run's last one."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        if '"val_' in line:
+            rec = json.loads(line)
+            return {**{k: v for k, v in rec.items() if k.startswith("val_")}, "val_step": rec["step"]}
+    return {}
+
+
 def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)

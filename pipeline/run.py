@@ -1,11 +1,12 @@
 """What every stage does around its loop: start a run (engine, checkpoints, resume, metrics, signals, progress), and
-``run_stage``, the one tail shared by the entry points and the submitit job (leave the process group, hand a stop
-signal over to whoever started us).
+``run_stage``, the one tail shared by the entry points and the submitit job (check that the command fits the run
+already in run_dir, leave the process group, hand a stop signal over to whoever started us).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_c
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.preempt import SignalFlag, hand_over
+from pipeline.rundir import check_run_dir, record_start
 from pipeline.runlock import RunDirBusy, RunLock
 
 log = logging.getLogger(__name__)
@@ -103,18 +105,19 @@ def start_run(
     check_resume: Callable[[dict], None] | None = None,
     lock: RunLock | None = None,
 ) -> Run:
-    """Optimizer, schedule and engine for ``model``; the resolved config and DeepSpeed JSON in ``run_dir``; the
-    latest complete checkpoint loaded into the engine and ``state`` (after ``check_resume`` saw its trainer state)."""
+    """Optimizer, schedule and engine for ``model``; the resolved config (this start's, kept beside the earlier ones:
+    pipeline/rundir.py) and DeepSpeed JSON in ``run_dir``; the latest complete checkpoint loaded into the engine and
+    ``state`` (after ``check_resume`` saw its trainer state), under this config's schedule and optimizer settings."""
     ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    if env.rank == 0:
-        write_json(run_dir / "deepspeed_config.json", ds_config)
-        (run_dir / "config.yaml").write_text(config_yaml)
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
     tag = ckpt.latest()
     saved = ckpt.trainer_state(tag) if tag else None
     if saved is not None and check_resume is not None:
         check_resume(saved)
+    if env.rank == 0:  # once the checkpoint's own checks passed: the record never says what the checkpoints deny
+        write_json(run_dir / "deepspeed_config.json", ds_config)
+        record_start(cfg, run_dir, config_yaml)
     resized = bool(saved) and saved.get("world_size", env.world_size) != env.world_size
     universal = resized and partitioned(ckpt.root / tag)
     if universal:  # another data-parallel size: DeepSpeed's universal checkpoint, converted once by rank 0
@@ -132,7 +135,9 @@ def start_run(
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check, universal)
     if tag:
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         ckpt.load(engine, tag, state)
+        follow_config(optimizer, scheduler, settings)
         log.info("resumed from %s (step %d)", ckpt.root / tag, state.step)
     config = OmegaConf.to_container(cfg, resolve=True)
     metrics = build_metrics(env.rank, run_dir, cfg.logger, config, state.step if tag else None, group)
@@ -142,18 +147,41 @@ def start_run(
     return Run(env, run_dir, plan, engine, ckpt, state, tag, metrics, flag, bar, config_yaml, lock)
 
 
+def follow_config(optimizer: torch.optim.Optimizer, scheduler, settings: list[dict]) -> None:
+    """After a load: the optimizer's settings (lr, betas, weight decay...) and the schedule's peak are this config's,
+    not the checkpoint's (its state_dicts restore both), so a changed optim.* on resume takes effect as the log says;
+    the learning rate of the next step is the schedule's at the restored step. Unchanged settings give the same values
+    as the checkpoint's, so an exact resume stays exact."""
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    scheduler.base_lrs = [own["initial_lr"] for own in settings]
+    lrs = [base * f(scheduler.last_epoch) for f, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def run_stage(
     stage: Callable[..., RunResult], cfg, run_dir: Path, group: str | None = None, leave_group: bool = True
 ) -> RunResult:
     """Run ``stage(cfg, env, run_dir, group)`` in this process's distributed environment, leave the process group
     (unless later in-process sweep jobs share it), and hand a stop signal over: submitit's handler requeues on USR2;
-    with no handler before ours the process exits 75 (resumable)."""
+    with no handler before ours the process exits 75 (resumable), after saying so. A command that does not fit the
+    run already in ``run_dir`` is refused first, before any work (pipeline/rundir.py)."""
+    check_run_dir(cfg, Path(run_dir))
+    env = detect()
     try:
-        result = stage(cfg, detect(), Path(run_dir), group)
+        result = stage(cfg, env, Path(run_dir), group)
     finally:
         if leave_group:
             shutdown()
     if result.stopped_by_signal:
+        # hand_over exits 75 when no handler was there before ours: the user (or a script) runs the command again.
+        if env.rank == 0 and not callable(signal.getsignal(result.stopped_by_signal)):
+            name = signal.Signals(result.stopped_by_signal).name
+            ckpt = Path(run_dir) / "checkpoints" / CheckpointManager.tag(result.step)
+            print(f"stopped by {name} at step {result.step}, checkpoint {ckpt}: run the same command again to resume",
+                  flush=True)  # fmt: skip
         hand_over(result.stopped_by_signal)
     return result
 

@@ -119,6 +119,9 @@ def test_a_stage_ends_with_a_summary_and_third_party_noise_stays_in_the_log_file
     )
     assert "compilers.C" not in out  # DeepSpeed's compiler probes: in the log file only
     assert "compilers.C" in (run / "__main__.log").read_text()
+    # The finished run, run again: complete, with the validation it ended with (it evaluates nothing this time).
+    again = run_module("pipeline.pretrain", args, cwd=tmp_path).stdout
+    assert again[again.index("pretrain: step 2 of 2 (done)") :].splitlines()[:3] == summary[:3]
 
 
 def test_data_prep_help_and_a_misspelt_key(tmp_path):

@@ -201,6 +201,12 @@ def test_a_stop_signal_ends_the_running_stage_cleanly_and_the_rerun_resumes_it(r
     assert p.returncode == 75, text[-3000:]
     assert "== stopped by SIGTERM during pretrain" in text and "run the same command again to resume" in text
     stopped = json.loads((out / "pretrain" / "summary.json").read_text())
+    # The pretraining itself (a standalone python -m pipeline.pretrain) ended the same way: its step and checkpoint.
+    ckpt = out / "pretrain" / "checkpoints" / f"step_{stopped['step']:08d}"
+    assert (
+        f"stopped by SIGTERM at step {stopped['step']}, checkpoint {ckpt}: run the same command again to resume"
+        in (out / "logs" / "pretrain.log").read_text()
+    )
     assert stopped["stopped_by_signal"] and 5 <= stopped["step"] < 200
     assert json.loads((out / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == stopped["step"]
     assert not (out / "hf").exists() and "== export" not in text

@@ -326,6 +326,21 @@ def test_early_stopping_and_exact_resume(source, tmp_path):
                 assert mb[k] == pytest.approx(v, abs=1e-6), (ma["step"], k)
     assert results(tmp_path / "a")["validation"] == results(tmp_path / "b")["validation"]
 
+    # The finished run asked for other values: refused in one line naming them, never its old results as new ones.
+    done = results(tmp_path / "a")
+    p = finetune(tmp_path / "a", *common, "epochs=2", "seed=7", check=False)
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stdout + p.stderr
+    assert lines[0] == (
+        f"error: run_dir={tmp_path / 'a'} holds a finished run (results.json) with other values: epochs 3.0 -> 2.0, "
+        f"seed 42 -> 7; its results stay as they are: use another run_dir (or remove {tmp_path / 'a'} to run it again "
+        "there)"
+    )
+    # The same command: complete, with the stored results.
+    out = finetune(tmp_path / "a", *common).stdout
+    assert f"finetune {done['task']}: 12 steps, best at step {done['best_step']}" in out
+    assert f"accuracy {done['validation']['accuracy']:.4g}" in out and results(tmp_path / "a") == done
+
     # lr 0: never better than the first evaluation (step 3), so patience 2 stops after the evaluations at 6 and 9.
     finetune(tmp_path / "c", *common, "optim.lr=0", "optim.schedule=constant", "eval.patience=2")
     r = results(tmp_path / "c")

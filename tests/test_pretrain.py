@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, read_metrics, run_module, train_losses
@@ -208,15 +211,39 @@ def test_exact_resume_matches_an_uninterrupted_run_even_from_a_moved_run_dir(syn
     assert json.loads((moved / "summary.json").read_text())["samples"] == 16 * 16
 
 
-def test_resume_refuses_other_data(synth_data, tmp_path):
+def test_resume_refuses_another_model_or_other_data_and_keeps_each_start_of_a_longer_run(synth_data, tmp_path):
+    """A run_dir holds one run: another model is refused in one line before any work; other data is refused unless
+    asked for; a longer run with another learning rate continues, says so, and keeps both starts' configs."""
     from tests.synth import make_shards
 
-    pretrain(synth_data, tmp_path / "run", "max_steps=2", "global_batch_size=8")
+    run, common = tmp_path / "run", ["global_batch_size=8", "optim.schedule=constant", "optim.warmup_steps=0"]
+    pretrain(synth_data, run, "max_steps=2", *common)
+
+    def files():  # the run's own files (not Hydra's record of the last command line, .hydra/, and its log)
+        return {f: f.stat().st_mtime_ns for f in run.rglob("*") if f.is_file() and ".hydra" not in f.parts[-2:]
+                and f.suffix != ".log"}  # fmt: skip
+
+    before = files()
+    config = (run / "config.yaml").read_text()
+    p = pretrain(synth_data, run, "max_steps=2", *common, "model=bert-mini", check=False)
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stdout + p.stderr
+    head = f"error: run_dir={run} holds a run with other values (checkpoints/step_00000002): model.hidden_size 128"
+    assert lines[0].startswith(head) and "model.name bert-tiny -> bert-mini" in lines[0], lines[0]
+    assert lines[0].endswith("the checkpoints cannot take another model.hidden_size, model.intermediate_size, "
+                             "model.num_heads, model.num_layers: use another run_dir")  # fmt: skip
+    # Before any work: no checkpoint loaded, nothing in the run_dir written (config.yaml still says bert-tiny).
+    assert files() == before
     other = make_shards(tmp_path / "other", [300, 300], [64], seq_len=64, seed=9)
-    p = pretrain(other, tmp_path / "run", "max_steps=4", "global_batch_size=8", check=False)
+    p = pretrain(other, run, "max_steps=4", *common, check=False)
     assert p.returncode != 0 and "differs from the data this checkpoint was trained on" in p.stderr + p.stdout
-    pretrain(other, tmp_path / "run", "max_steps=4", "global_batch_size=8", "data.allow_data_change=true")
-    assert max(train_losses(tmp_path / "run")) == 4
+    assert (run / "config.yaml").read_text() == config and sorted(os.listdir(run / "configs")) == ["start-1.yaml"]
+    p = pretrain(other, run, "max_steps=4", *common, "optim.lr=1e-3", "data.allow_data_change=true")
+    assert re.search(r"changed on resume: .*max_steps 2 -> 4, optim.lr 0.0001 -> 0.001\n", p.stdout + p.stderr)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run) if "lr" in r}
+    assert lrs == pytest.approx({1: 1e-4, 2: 1e-4, 3: 1e-3, 4: 1e-3})  # the checkpoint's lr no longer wins
+    starts = [yaml.safe_load((run / "configs" / f"start-{n}.yaml").read_text()) for n in (1, 2)]
+    assert [s["max_steps"] for s in starts] == [2, 4] and starts[1] == yaml.safe_load((run / "config.yaml").read_text())
 
 
 @pytest.mark.slow

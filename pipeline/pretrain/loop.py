@@ -16,6 +16,7 @@ from pipeline.checkpoint import TrainState
 from pipeline.config import ConfigError
 from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_lost
 from pipeline.engine import check_engine_config, init_process_group, plan_batch
+from pipeline.metrics import last_validation
 from pipeline.pretrain.data import Batches, build_collate
 from pipeline.pretrain.elastic import note_layout
 from pipeline.pretrain.masking import Masker
@@ -315,6 +316,6 @@ def write_summary(p: Pretraining, result: RunResult) -> None:
         "bad_samples": state.bad_samples,
         "skipped_shards": p.spec.skipped_shards,
         "checkpoint": p.run.ckpt.latest(),
-        **(result.final or {}),
+        **last_validation(p.run.run_dir),  # this start's evaluation, or the run's last (a finished run run again)
     }
     (p.run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
