@@ -53,6 +53,12 @@ def check_config(stage: str, cfg: DictConfig, world_size: int) -> None:
         raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
     if stage == "finetune" and cfg.epochs <= 0:
         raise ConfigError(f"epochs={cfg.epochs} must be positive")
+    if job.get("run_dir"):  # a changed command in an existing run_dir is refused here, before the job is queued
+        from pathlib import Path
+
+        from pipeline.rundir import check_run_dir
+
+        check_run_dir(job, Path(job.run_dir))
 
 
 def check_job(stage: str, overrides: list[str], world_size: int) -> DictConfig:

@@ -243,8 +243,8 @@ def record_start(cfg, run_dir: Path, config_yaml: str) -> None:
         found = changes(cfg, recorded)
         allowed = " (allow_config_change=true)" if any(c.kind == DEFINES for c in found) else ""
         head = f"resumed from {where}" + (f"; changed on resume{allowed}: {_list(found)}" if found else "")
-        if found:  # a warning when it changes what the run is, which the user had to ask for
-            log.log(logging.WARNING if allowed else logging.INFO, "changed on resume%s: %s", allowed, _list(found))
+        if found:  # a warning, so that it reaches the console of every stage (finetune's shows warnings only)
+            log.warning("changed on resume%s: %s", allowed, _list(found))
     else:
         head = "a fresh start"
     configs = run_dir / "configs"

@@ -234,6 +234,10 @@ def test_resume_refuses_another_model_or_other_data_and_keeps_each_start_of_a_lo
                              "model.num_heads, model.num_layers: use another run_dir")  # fmt: skip
     # Before any work: no checkpoint loaded, nothing in the run_dir written (config.yaml still says bert-tiny).
     assert files() == before
+    # And before a Slurm job is queued: the pre-submit check (launch.submit, the sbatch script) says the same.
+    p = run_module("launch.check", ["--", f"data.path={synth_data}", f"run_dir={run}", *TINY, *common,
+                                    "model=bert-mini"], check=False)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.startswith(head) and files() == before, p.stderr
     other = make_shards(tmp_path / "other", [300, 300], [64], seq_len=64, seed=9)
     p = pretrain(other, run, "max_steps=4", *common, check=False)
     assert p.returncode != 0 and "differs from the data this checkpoint was trained on" in p.stderr + p.stdout
