@@ -88,7 +88,8 @@ def task_results(*sweeps: Path) -> dict[str, dict]:
     """Per task, each arm's metric over seeds (median, stdev) and the difference with its Welch interval, from the
     jobs of these sweep folders only (not from older runs elsewhere under the finetune folder)."""
     out: dict[str, dict] = {}
-    for r in finetune_results([j for sweep in sweeps for j in job_dirs(sweep)]):
+    files = [f for sweep in sweeps for f in sorted(Path(sweep).glob("*/results.json"))]
+    for r in (json.loads(f.read_text()) for f in files):
         t = out.setdefault(
             r["task"], {"metric": r["main_metric"], "pretrained": [], "random_init": [], "n_val": 0, "seeds": {}}
         )
