@@ -94,7 +94,7 @@ def start_run(
 ) -> Run:
     """Optimizer, schedule and engine for ``model``; the resolved config and DeepSpeed JSON in ``run_dir``; the
     latest complete checkpoint loaded into the engine and ``state`` (after ``check_resume`` saw its trainer state)."""
-    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
+    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan, nan_check=cfg.nan.check)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if env.rank == 0:
         write_json(run_dir / "deepspeed_config.json", ds_config)

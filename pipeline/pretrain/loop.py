@@ -15,14 +15,13 @@ from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_
 from pipeline.engine import Engine, check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import data as D
 from pipeline.pretrain.elastic import note_layout
-from pipeline.pretrain.model import build_model, flops_per_token
+from pipeline.pretrain.mfu import MFU
+from pipeline.pretrain.model import build_model
 from pipeline.pretrain.packing import PackingCollator
 from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
 from pipeline.run import RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
-
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
 def validate(cfg) -> None:
@@ -59,6 +58,7 @@ KEYS = (
     "nsp_count",
     "tokens",
     "slots",
+    "sq_tokens",
     "samples",
     "skipped_micro",
 )
@@ -127,15 +127,6 @@ def evaluate(engine: Engine, spec: D.DataSpec, masker: D.Masker, cfg, env: DistE
     return summarize(tot, tot["samples"], "val_")
 
 
-def peak_tflops(cfg, device: torch.device) -> float | None:
-    if cfg.logger.peak_tflops:
-        return float(cfg.logger.peak_tflops)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    return None
-
-
 def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
     validate(cfg)
     spec = D.load_data_spec(cfg.data.path)
@@ -182,13 +173,12 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
         fixed_width=seq_len if cfg.data.fixed_shapes else None,
     )
     # Packing is a step of collation, after masking: the loader's plan and positions are the unpacked ones.
-    collate = PackingCollator(masker, seq_len, cfg.data.pad_to_multiple_of, cfg.data.fixed_shapes)
+    collate = PackingCollator(masker, seq_len, cfg.data.pad_to_multiple_of, cfg.data.fixed_shapes, cfg.data.packed_rows)
     pin = device.type == "cuda"
     batches = D.Batches(
         spec, collate if cfg.data.packing else masker, cfg, env.rank, env.world_size, plan.micro_batch, pin, state
     )
-    fpt = flops_per_token(engine.module.config, spec.seq_len, cfg.data.mlm_probability)
-    peak = peak_tflops(cfg, device)
+    mfu = MFU(engine.module.config, cfg.logger.peak_tflops, device)
     if spec.skipped_shards:
         metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
 
@@ -240,8 +230,7 @@ def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunR
                     "tokens": state.tokens,
                     **engine.memory(),
                 }
-                if peak:
-                    rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * 1e12 * env.world_size)
+                rec.update(mfu(tot, dt, env.world_size))  # on real tokens, each pair's attention on its length
                 if cfg.engine.compile:
                     rec["compiled_graphs"] = engine.compiled_graphs
                 if engine.loss_scale() is not None:
