@@ -24,7 +24,7 @@ CPU=${CPU:-0}
 WORK=${WORK:-/tmp/bertrun-check}
 RESULTS=${OUT:-$WORK}
 ARCHIVE=.gpu/check.tar.xz
-NEEDED_WHEELS="deepspeed-0.19.8 hydra_core omegaconf-2.3.0 antlr4_python3_runtime webdataset braceexpand pydantic hjson"
+NEEDED_WHEELS="deepspeed-0.19.8 hydra_core-1.3 omegaconf-2.3 antlr4_python3_runtime-4.9 webdataset braceexpand pydantic hjson"
 
 if [ "${PREPARE:-0}" = 1 ]; then
   set -e
