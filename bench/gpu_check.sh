@@ -73,6 +73,7 @@ if [ "$CPU" = 0 ]; then
   PEAK=""
   GB=256; SMALL=bert-small; TINY=bert-tiny; BASE=bert-base; LARGE=bert-large; MB=128; MB2=256; MB512=32
   STEPS=40; STEPS_BIG=30; CHECK_GB=64; CHECK_MB=32
+  ROW_S=45; CAP=150  # a row's expected seconds (start-up dominates), and the most any one run may take (a hang)
 else
   BUDGET=${BUDGET:-1800}
   PY=${PYTHON:-.venv/bin/python}
@@ -84,6 +85,7 @@ else
   PEAK="logger.peak_tflops=1"  # a nominal peak, only so that the MFU path runs end to end
   GB=16; SMALL=bert-tiny; TINY=bert-tiny; BASE=bert-tiny; LARGE=bert-mini; MB=8; MB2=16; MB512=8
   STEPS=10; STEPS_BIG=10; CHECK_GB=16; CHECK_MB=8
+  ROW_S=120; CAP=600
 fi
 export BERTRUN_STRICT_COLLECTIVES=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 TORCHRUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1"
@@ -110,8 +112,9 @@ fits_in() {  # est_seconds what: true when the step can finish inside the budget
   fi
 }
 
-run() {  # name command...: its output to logs/name.log, inside what is left of the budget
+run() {  # name command...: its output to logs/name.log, inside what is left of the budget and at most CAP seconds
   local name=$1 left=$((BUDGET - SECONDS)); shift
+  left=$((left < CAP ? left : CAP))
   timeout --kill-after=10 $((left > 1 ? left : 1)) "$@" > "$WORK/logs/$name.log" 2>&1 \
     || { echo "--- $name failed (exit $?), the end of $WORK/logs/$name.log:"; tail -25 "$WORK/logs/$name.log"; return 1; }
 }
@@ -181,7 +184,7 @@ fi
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"; } >> "$RES"
 row() {  # name model seq zero micro steps variant [overrides...]
   local name=$1 model=$2 seq=$3 zero=$4 micro=$5 steps=$6 variant=$7; shift 7
-  fits_in $((steps + 30)) "$name" || return 0
+  fits_in "$ROW_S" "$name" || return 0
   local t0=$SECONDS line
   if pretrain "$name" "$model" "$seq" "$GB" "$micro" "$steps" engine.zero_stage="$zero" \
       logger.every_steps=$((steps / 5)) eval.every_steps=1000000 eval.at_end=false checkpoint.every_steps=1000000 \
