@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU benchmark, one after the other (about 6 minutes on 2 cores). Numbers and ratios only; nothing asserted.
-# The GPU one (bench/gpu_pretrain.sh) needs a GPU and is not run here.
+# The GPU ones (bench/gpu_check.sh, bench/gpu_demo.sh) need a GPU and are not run here (CPU=1 rehearses them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

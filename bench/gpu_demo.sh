@@ -2,7 +2,7 @@
 # The GPU profile of the main job (`python -m launch.demo profile=gpu`: bert-small on the real corpus, then the
 # six-task suite, pretrained vs random init, and its PASS/FAIL self-check) on an offline GPU machine, in one call.
 #
-#   PREPARE=1 bash bench/gpu_demo.sh   # here, with the registry: wheels in .whl/ (/work/shared/GPU.md's list),
+#   PREPARE=1 bash bench/gpu_demo.sh   # here, with the registry: wheels in .whl/ (bench/gpu_tools.py's list),
 #                                      # the real sets in .gpu/real.tar.xz, and a check that both fit the transfer
 #   bash bench/gpu_demo.sh             # on the GPU machine: install the wheels, unpack the sets, run the profile,
 #                                      # copy the headline, results and logs to $OUT/gpu_demo
@@ -18,29 +18,15 @@ CPU=${CPU:-0}
 PY=${PYTHON:-python3}
 LIMIT=${LIMIT:-570}
 SETS="wikitext2 news wiki_leads mr rotten_tomatoes trec sms_spam disaster_tweets wnut16"
-MAX_BYTES=$((64 * 1024 * 1024))
 
 if [ "${PREPARE:-0}" = 1 ]; then
   PY=${PYTHON:-.venv/bin/python}
-  mkdir -p .whl .gpu
-  P="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps -d .whl --platform manylinux_2_28_x86_64
-     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
-  for p in webdataset braceexpand hydra-core omegaconf==2.3.0 antlr4-python3-runtime submitit hydra-submitit-launcher \
-           mwparserfromhell blingfire zstandard seqeval hjson pydantic pydantic-core annotated-types typing-inspection; do
-    $PY -m pip download -q $P "$p"
-  done
-  if ! ls .whl/deepspeed-0.19.8-*.whl > /dev/null 2>&1; then  # an sdist only: a pure-Python wheel, built here
-    sd=$(mktemp -d)
-    $PY -m pip download -q --no-deps --no-binary=:all: -d "$sd" deepspeed==0.19.8
-    DS_BUILD_OPS=0 $PY -m pip wheel -q --no-deps --no-build-isolation -w .whl "$sd"/deepspeed-0.19.8.tar.gz
-    rm -rf "$sd"
-  fi
+  mkdir -p .gpu
+  $PY bench/gpu_tools.py wheels .whl mwparserfromhell blingfire zstandard  # data_prep runs there
   # The sets as the main job reads them (data_prep.fetch reuses converted sets there, with no registry).
   $PY -m data_prep.fetch $SETS out="$WORK/real"
   tar -C "$WORK" -cJf .gpu/real.tar.xz real
-  total=$(( $(du -cb .whl .gpu | tail -1 | cut -f1) + $(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1) ))
-  echo "to carry: .whl/ $(du -sh .whl | cut -f1), .gpu/ $(du -sh .gpu | cut -f1); with the tracked files $((total / 1048576)) MiB"
-  [ "$total" -le "$MAX_BYTES" ] || { echo "FAILED: $total bytes is over the 64 MiB transfer limit"; exit 1; }
+  $PY bench/gpu_tools.py fits .whl .gpu
   echo "ready: run 'bash bench/gpu_demo.sh' on the GPU machine, carrying .whl and .gpu"
   exit 0
 fi

@@ -4,6 +4,10 @@
 submitit's LocalExecutor, or nothing (pure environment parsing). The collectives below work in one process too.
 No ssh, no hostfile: under Slurm the master is the first host of SLURM_JOB_NODELIST and the port is
 derived from the job id (stable across requeues, different between jobs sharing a node).
+
+Every collective of the project goes through this module (tests/test_multigpu.py checks that no other module uses
+``torch.distributed``), on the process group's device: NCCL serves CUDA tensors only, so a host tensor handed to it
+fails on the first step of a multi-GPU run ("No backend type associated with device type cpu").
 """
 
 from __future__ import annotations
@@ -116,40 +120,111 @@ def export(d: DistEnv) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Collectives (no-ops without a process group of more than one rank)
+# Collectives: no-ops without a process group of more than one rank, unless strict.
+
+STRICT_ENV = "BERTRUN_STRICT_COLLECTIVES"
+_device = None  # where this process's collectives run; set by bind_device (pipeline/engine.py)
 
 
-def _multi() -> bool:
+def strict() -> bool:
+    """``BERTRUN_STRICT_COLLECTIVES=1``: with any process group, collectives run even at a world size of 1.
+
+    One GPU is the most a test machine has, and NCCL refuses two ranks on one GPU; skipping collectives at world
+    size 1 would hide every mistake a multi-GPU run then meets (a host tensor, an unset device). Strict, a one-GPU
+    run under torchrun with NCCL makes every collective a multi-GPU run makes, and fails the same way. On in the
+    tests (tests/conftest.py) and in bench/gpu_check.sh; off by default only because it costs a few microseconds."""
+    return os.environ.get(STRICT_ENV, "0") not in ("", "0", "false")
+
+
+def bind_device(device) -> None:
+    """The device this process computes on, which its process group serves (CUDA under NCCL, CPU under gloo).
+    NCCL's object collectives and barrier pick their CUDA device from the current one: it is set here, once."""
+    import torch
+
+    global _device
+    _device = torch.device(device)
+    if _device.type == "cuda":
+        torch.cuda.set_device(_device)
+
+
+def device():
+    """Where collective tensors must live: the bound device; else the current CUDA device under NCCL, else CPU."""
+    import torch
     import torch.distributed as dist
 
-    return dist.is_initialized() and dist.get_world_size() > 1
+    if _device is not None:
+        return _device
+    if dist.is_initialized() and "nccl" in str(dist.get_backend()) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _active() -> bool:
+    import torch.distributed as dist
+
+    return initialized() and (dist.get_world_size() > 1 or strict())
+
+
+def _on_device(t):
+    if t.device != device():
+        raise RuntimeError(
+            f"a collective got a tensor on {t.device}, but this process group serves {device()}: build it there "
+            f"(pipeline.dist.device(), or the engine's device) or pass host numbers to pipeline.dist.sum_values"
+        )
+    return t
 
 
 def all_reduce_sum(t):
+    """Sum ``t`` over ranks in place; ``t`` must be on :func:`device` (no hidden copy, no host sync)."""
     import torch.distributed as dist
 
-    if _multi():
-        dist.all_reduce(t)
+    if _active():
+        dist.all_reduce(_on_device(t))
     return t
 
 
 def all_reduce_max(t):
     import torch.distributed as dist
 
-    if _multi():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if _active():
+        dist.all_reduce(_on_device(t), op=dist.ReduceOp.MAX)
     return t
+
+
+def sum_values(values: list[float]) -> list[float]:
+    """Host numbers summed over ranks: one collective on the group's device, read back once."""
+    import torch
+
+    if not _active():
+        return [float(v) for v in values]
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device())).tolist()
 
 
 def gather_lists(items: list) -> list:
     """Concatenate a small picklable list from every rank (our own objects: never data from outside)."""
     import torch.distributed as dist
 
-    if not _multi():
+    if not _active():
         return list(items)
+    _current_device()
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, list(items))
     return [x for part in out for x in part]
+
+
+def _current_device() -> None:
+    """NCCL's object collectives stage their bytes on the *current* CUDA device: make it this process's."""
+    import torch
+
+    d = device()
+    if d.type == "cuda" and torch.cuda.current_device() != d.index:
+        torch.cuda.set_device(d)
 
 
 PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
@@ -166,9 +241,17 @@ def peer_lost(e: BaseException) -> bool:
 
 
 def barrier() -> None:
+    """All ranks meet (also at world size 1, where it costs nothing). Under NCCL with the device named: without
+    ``device_ids`` NCCL guesses the GPU from the rank and can hang when that guess is not this process's GPU."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if not initialized():
+        return
+    d = device()
+    if d.type == "cuda" and "nccl" in str(dist.get_backend()):
+        _current_device()
+        dist.barrier(device_ids=[d.index])
+    else:
         dist.barrier()
 
 
@@ -176,5 +259,7 @@ def shutdown() -> None:
     """Leave the process group (NCCL warns about leaked resources otherwise); a later run in-process rejoins."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    global _device
+    _device = None
+    if initialized():
         dist.destroy_process_group()

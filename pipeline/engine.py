@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from pipeline.config import ConfigError, EngineConfig, OptimConfig
-from pipeline.dist import DistEnv, all_reduce_max, export
+from pipeline.dist import DistEnv, all_reduce_max, bind_device, export, initialized
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +62,35 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) -> dict:
-    """The DeepSpeed JSON, generated from the engine and optim groups (saved in run_dir by the trainer)."""
+# Gradients are reduced in buckets of this many elements. DeepSpeed's default (5e8) is larger than bert-large
+# (3.4e8): one bucket, reduced only after the whole backward. 2e7 (40 MB in bf16) gives bert-base 6 buckets and
+# bert-large 17, each large enough for NCCL's bandwidth, the first reduced while the backward goes on.
+REDUCE_BUCKET = 20_000_000
+
+
+def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan, nan_check: bool = True) -> dict:
+    """The DeepSpeed JSON, generated from the engine and optim groups (saved in run_dir by the trainer).
+
+    What costs least without changing the arithmetic (bench/README.md has the measurements' rows):
+    - DeepSpeed's throughput timer off: it synchronises the device when it starts and stops, twice per micro-step
+      (deepspeed/utils/timer.py, ThroughputTimer); metrics.jsonl has our own tokens/s.
+    - bf16 with our non-finite check on: ZeRO-1/2's own overflow scan (``check_grad_overflow``, an isnan/isinf of
+      every gradient and a host read per step) is off; our check agrees on the loss across ranks and skips the
+      micro-batch before its backward.
+    - bf16 at ZeRO 1-3: gradients accumulate in fp32 (``data_types.grad_accum_dtype``). DeepSpeed's
+      ``_do_optimizer_sanity_check`` gives ZeRO-1 its BF16 optimizer for it and ZeRO-2/3 keep fp32 accumulation
+      buffers; at ZeRO-0 it refuses the mix ("unsupported mix"), so ZeRO-0 accumulates in bf16.
+    - Several ranks at ZeRO 1-3: ``overlap_comm`` with buckets of REDUCE_BUCKET elements, so the reduction of the
+      last layers' gradients runs during the backward of the first ones (one rank: nothing to reduce).
+    """
+    bf16 = engine.precision == "bf16"
     cfg = {
         "train_batch_size": plan.global_batch,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.accumulation,
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": {"stage": engine.zero_stage},
-        "bf16": {"enabled": engine.precision == "bf16"},
+        "bf16": {"enabled": bf16},
         "fp16": {
             "enabled": engine.precision == "fp16",
             "loss_scale": 0,
@@ -83,7 +102,14 @@ def deepspeed_config(engine: EngineConfig, optim: OptimConfig, plan: BatchPlan) 
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
+        "timers": {"throughput": {"enabled": False}},
     }
+    if bf16 and nan_check:
+        cfg["bf16"]["check_grad_overflow"] = False
+    if bf16 and engine.zero_stage > 0:
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if plan.world_size > 1 and engine.zero_stage > 0:
+        cfg["zero_optimization"].update({"overlap_comm": True, "reduce_bucket_size": REDUCE_BUCKET})
     if engine.zero_stage == 3:
         cfg["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
     overrides = engine.deepspeed_overrides or {}
@@ -126,13 +152,15 @@ def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
     if cuda:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())
+        if engine.tf32:  # fp32 matmuls on tensor cores (TF32: 10-bit mantissa inputs, fp32 accumulation)
+            torch.set_float32_matmul_precision("high")
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device = torch.device("cpu")
         prepare_cpu_ops()
     backend = engine.backend or ("nccl" if cuda else "gloo")
     export(env)
-    if not dist.is_initialized():
+    if not initialized():
         import deepspeed
 
         try:
@@ -145,6 +173,7 @@ def init_process_group(env: DistEnv, engine: EngineConfig) -> torch.device:
                 f"{env.master_port} ({backend}) within {engine.timeout_s}s: {e}. Check that every task started, "
                 f"that the master host is reachable from this node and that the port is free."
             ) from e
+    bind_device(device)  # every collective of pipeline/dist.py runs on this device from now on
     return device
 
 
@@ -204,18 +233,22 @@ class Engine:
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
         out = {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "meta"}
-        if self.cfg.compile and "pair_ids" in out:  # packed rows vary in number: one graph for every count
+        meta = batch.get("meta")
+        fixed = isinstance(meta, dict) and meta.get("fixed_shape")
+        if self.cfg.compile and "pair_ids" in out and not fixed:  # packed rows vary in number: one dynamic graph
             for k in ("input_ids", "token_type_ids", "position_ids", "pair_ids", "cu_seqlens"):
                 torch._dynamo.maybe_mark_dynamic(out[k], 0)
         return out
 
     @staticmethod
-    def _tokens(mb: dict) -> tuple[float, float]:
-        """(real tokens, token slots) of a micro-batch: from its meta when the collator counted them."""
+    def _tokens(mb: dict) -> tuple[float, float, float]:
+        """(real tokens, token slots, sum of squared sequence lengths) of a micro-batch: from its meta when the
+        collator counted them. The last is what attention computes on (each pair attends within itself)."""
         meta = mb.get("meta")  # a dict from the pretraining loader; finetuning's is a tensor of feature indices
         if isinstance(meta, dict) and "tokens" in meta:
-            return float(meta["tokens"]), float(meta["slots"])
-        return float(mb["attention_mask"].sum()), float(mb["attention_mask"].numel())
+            return float(meta["tokens"]), float(meta["slots"]), float(meta.get("sq_tokens", 0))
+        lens = mb["attention_mask"].sum(1).double()
+        return float(lens.sum()), float(mb["attention_mask"].numel()), float((lens * lens).sum())
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         return bool(all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1)).item())
@@ -265,12 +298,13 @@ class Engine:
         finally:
             self._bad = None
         sums = dict(zip(keys, host[: len(keys)]))
-        sums.update(tokens=0.0, slots=0.0, samples=0.0, skipped_micro=float(sum(bad_flags)))
+        sums.update(tokens=0.0, slots=0.0, sq_tokens=0.0, samples=0.0, skipped_micro=float(sum(bad_flags)))
         for mb, b in zip(micro_batches, bad_flags):
             if not b:
-                t, slots = self._tokens(mb)
+                t, slots, sq = self._tokens(mb)
                 sums["tokens"] += t
                 sums["slots"] += slots
+                sums["sq_tokens"] += sq
                 sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
         self._count_graphs()
         return sums, {"good_micro": n - int(sum(bad_flags))}
@@ -280,7 +314,7 @@ class Engine:
         A bad micro-batch gets no backward, except the last one when others were good: its backward runs with
         gradients zeroed so that the boundary reduction still happens."""
         self.ds.train()
-        sums: dict[str, float] = {"tokens": 0.0, "slots": 0.0, "samples": 0.0, "skipped_micro": 0.0}
+        sums: dict[str, float] = {"tokens": 0.0, "slots": 0.0, "sq_tokens": 0.0, "samples": 0.0, "skipped_micro": 0.0}
         n, good = len(micro_batches), 0
         for i, mb in enumerate(micro_batches):
             out = self._forward(**self._to_device(mb))
@@ -304,9 +338,10 @@ class Engine:
             vals = torch.stack([v.detach().float().reshape(()) for v in out.values()]).cpu().tolist()
             for k, v in zip(out.keys(), vals):
                 sums[k] = sums.get(k, 0.0) + v
-            t, slots = self._tokens(mb)
+            t, slots, sq = self._tokens(mb)
             sums["tokens"] += t
             sums["slots"] += slots
+            sums["sq_tokens"] += sq
             sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
         self._count_graphs()
         return sums, {"good_micro": good}

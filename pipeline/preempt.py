@@ -12,8 +12,7 @@ import logging
 import signal
 import sys
 
-import torch
-import torch.distributed as dist
+from pipeline.dist import sum_values
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,12 @@ class SignalFlag:
     def agreed(self, counts: list[float] | None = None) -> tuple[int, list[float]]:
         """(the signal if any rank received one, else 0; ``counts`` summed over ranks): one collective.
 
-        Riding on the same all-reduce lets the loop sum per-step counters (tokens, samples) for free.
+        Riding on the same all-reduce lets the loop sum per-step counters (tokens, samples) for free. The numbers
+        go to the process group's device and back (pipeline/dist.py): NCCL reduces no host tensor.
         """
         counts = list(counts or [])
         one_hot = [float(self.received == s) for s in self.signals]
-        t = torch.tensor(counts + one_hot, dtype=torch.float64)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(t)
-        vals = t.tolist()
+        vals = sum_values(counts + one_hot)
         hit = [s for s, n in zip(self.signals, vals[len(counts) :]) if n > 0]
         return (int(hit[0]) if hit else 0), vals[: len(counts)]
 

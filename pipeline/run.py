@@ -108,7 +108,7 @@ def start_run(
     """Optimizer, schedule and engine for ``model``; the resolved config (this start's, kept beside the earlier ones:
     pipeline/rundir.py) and DeepSpeed JSON in ``run_dir``; the latest complete checkpoint loaded into the engine and
     ``state`` (after ``check_resume`` saw its trainer state), under this config's schedule and optimizer settings."""
-    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan)
+    ds_config = deepspeed_config(cfg.engine, cfg.optim, plan, nan_check=cfg.nan.check)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
     tag = ckpt.latest()

@@ -20,6 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Collectives run at world size 1 too (pipeline/dist.py), so one-process tests make the collectives two ranks make.
+os.environ.setdefault("BERTRUN_STRICT_COLLECTIVES", "1")
 
 
 def child_env(extra: dict | None = None) -> dict:

@@ -82,10 +82,11 @@ def test_global_batch_is_set_once_and_micro_batch_follows_the_world_size():
     assert cfg["train_batch_size"] == 256 and cfg["train_micro_batch_size_per_gpu"] == 32
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
-    assert cfg["zero_optimization"] == {
+    assert cfg["zero_optimization"] == {  # the override wins over the generated overlap_comm (8 ranks)
         "stage": 3,
         "stage3_gather_16bit_weights_on_model_save": False,
         "overlap_comm": False,
+        "reduce_bucket_size": 20_000_000,
     }
 
 

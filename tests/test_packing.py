@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.pretrain.masking import Masker
-from pipeline.pretrain.packing import IGNORE, first_fit_decreasing, pack_batch
+from pipeline.pretrain.packing import IGNORE, PackingCollator, first_fit_decreasing, pack_batch
 from tests.conftest import TINY, read_metrics, run_module, train_losses
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -146,6 +146,35 @@ def test_fixed_shapes_give_the_same_losses_and_one_shape():
         for k in ("loss", "mlm_count", "mlm_correct"):
             assert torch.allclose(a[k].double(), b[k].double(), atol=1e-9), k
     assert len(shapes) == 1
+
+
+def test_packed_fixed_shapes_give_one_shape_and_the_unpacked_losses(caplog):
+    """With fixed shapes every packed micro-batch has the same shapes (rows, width, varlen segments, masked slots),
+    whatever its pairs, so torch.compile captures one graph; the empty rows change no loss or count."""
+    model = make_model()
+    masker = Masker(SimpleNamespace(special_ids=SPECIAL, vocab_size=VOCAB), 0.3, None, 8, False, fixed_width=64)
+    shapes: dict = {}
+    for seed in range(4):
+        samples = pairs(6, seed)
+        unpacked = masker(samples, np.random.default_rng(seed))
+        for rows in (None, 4):  # one row per sample (the default), or data.packed_rows=4
+            packed = PackingCollator(masker, 64, 8, fixed=True, rows=rows)(samples, np.random.default_rng(seed))
+            shapes.setdefault(rows, set()).add(tuple((k, tuple(v.shape)) for k, v in packed.items() if k != "meta"))
+            n_rows, used = packed["input_ids"].shape[0], int(packed["cls_positions"].max()) // 64 + 1
+            assert n_rows == (rows or 6) and used < n_rows  # some rows are empty: padding only
+            assert (packed["input_ids"][used:] == SPECIAL["pad"]).all() and (packed["pair_ids"][used:] == 0).all()
+            cu = packed["cu_seqlens"]
+            assert len(cu) == 6 + n_rows + 1 and (cu[1:] >= cu[:-1]).all() and int(cu[-1]) == n_rows * 64
+            assert packed["meta"]["tokens"] == unpacked["meta"]["tokens"] and packed["meta"]["fixed_shape"]
+            with torch.no_grad():
+                a, b = forward(model, unpacked), forward(model, packed)
+            for k in ("loss", "mlm_loss", "nsp_loss", "mlm_count", "mlm_correct", "nsp_count", "nsp_correct"):
+                assert torch.allclose(a[k].double(), b[k].double(), atol=1e-5), (rows, k)
+    assert {rows: len(s) for rows, s in shapes.items()} == {None: 1, 4: 1}, shapes
+    # Rows too few for a micro-batch: it gets one row per sample (a rare extra shape), never a dropped pair.
+    packed = PackingCollator(masker, 64, 8, fixed=True, rows=1)(pairs(6, 0), np.random.default_rng(0))
+    assert packed["input_ids"].shape == (6, 64) and len(packed["cls_positions"]) == 6
+    assert "raise data.packed_rows" in caplog.text
 
 
 def test_varlen_refuses_attention_dropout():

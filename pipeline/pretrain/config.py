@@ -65,9 +65,13 @@ class DataConfig:
     # Several sentence pairs per row up to seq_len (block-diagonal attention, NSP at each pair's [CLS]); the same
     # samples per micro-batch and per epoch as unpacked (pipeline/pretrain/packing.py).
     packing: bool = False
-    # Rows seq_len wide and a fixed number of masked-position slots, so torch.compile compiles once (packed batches
-    # still vary in their number of rows: the engine marks that dimension dynamic).
+    # Rows seq_len wide and a fixed number of masked-position slots, so torch.compile compiles once; packed batches
+    # also get a fixed number of rows (packed_rows) and of varlen segments.
     fixed_shapes: bool = False
+    # Rows of a packed micro-batch with fixed_shapes (empty rows are padding: no loss, token or count). null: the
+    # micro-batch size, which always holds it (one graph, but no fewer rows than unpacked). Fewer rows save compute;
+    # a micro-batch that needs more gets micro-batch rows: one more graph (compiled_graphs) and a warning.
+    packed_rows: int | None = None
     verify: ShardCheck = ShardCheck.size  # shard checks before training
     on_bad_shard: OnBadShard = OnBadShard.skip
     # Refuse data whose manifest fingerprint or tokenizer differs from the checkpoint's, unless this is true.

@@ -25,7 +25,7 @@ def build_collate(cfg, spec: DataSpec, seq_len: int) -> tuple[Masker, Collate]:
                     cont, fixed_width=fixed)  # fmt: skip
     if not d.packing:
         return masker, masker
-    return masker, PackingCollator(masker, seq_len, d.pad_to_multiple_of, d.fixed_shapes)
+    return masker, PackingCollator(masker, seq_len, d.pad_to_multiple_of, d.fixed_shapes, d.packed_rows)
 
 
 class Batches:

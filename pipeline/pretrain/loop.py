@@ -20,14 +20,13 @@ from pipeline.metrics import last_validation
 from pipeline.pretrain.data import Batches, build_collate
 from pipeline.pretrain.elastic import note_layout
 from pipeline.pretrain.masking import Masker
-from pipeline.pretrain.model import build_model, flops_per_token
+from pipeline.pretrain.mfu import MFU
+from pipeline.pretrain.model import build_model
 from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
 from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader
 from pipeline.run import Run, RunResult, lock_run_dir, start_run
 
 log = logging.getLogger(__name__)
-
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
 def validate(cfg) -> None:
@@ -64,6 +63,7 @@ KEYS = (
     "nsp_count",
     "tokens",
     "slots",
+    "sq_tokens",
     "samples",
     "skipped_micro",
 )
@@ -122,15 +122,6 @@ def evaluate(p: Pretraining) -> dict:
     return summarize(tot, tot["samples"], "val_")
 
 
-def peak_tflops(cfg, device: torch.device) -> float | None:
-    if cfg.logger.peak_tflops:
-        return float(cfg.logger.peak_tflops)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    return None
-
-
 @dataclass
 class Pretraining:
     """A started pretraining run: everything the loop reads, made by ``setup``."""
@@ -142,8 +133,7 @@ class Pretraining:
     masker: Masker  # validation masks with it; training batches come from ``batches``
     batches: Batches
     pin: bool
-    flops_per_token: float
-    peak: float | None  # TFLOP/s per device, for MFU
+    mfu: MFU  # a window's model FLOPs utilisation, on real tokens
 
 
 def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Pretraining:
@@ -182,10 +172,10 @@ def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Pretraining:
         spec, collate, StreamSettings.of(cfg), rank=env.rank, world=env.world_size, micro=plan.micro_batch,
         workers=cfg.engine.loader_workers, prefetch=cfg.engine.prefetch_factor, pin=pin, position=state,
     )  # fmt: skip
-    fpt = flops_per_token(run.engine.module.config, spec.seq_len, cfg.data.mlm_probability)
     if spec.skipped_shards:
         run.metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
-    return Pretraining(cfg, env, spec, run, masker, batches, pin, fpt, peak_tflops(cfg, device))
+    mfu = MFU(run.engine.module.config, cfg.logger.peak_tflops, device)
+    return Pretraining(cfg, env, spec, run, masker, batches, pin, mfu)
 
 
 def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
@@ -294,8 +284,7 @@ def log_window(p: Pretraining, window: Window) -> None:
         "tokens": state.tokens,
         **engine.memory(),
     }
-    if p.peak:
-        rec["mfu"] = rec["tokens_per_s"] * p.flops_per_token / (p.peak * 1e12 * env.world_size)
+    rec.update(p.mfu(tot, dt, env.world_size))  # on real tokens, each pair's attention on its own length
     if p.cfg.engine.compile:
         rec["compiled_graphs"] = engine.compiled_graphs
     if engine.loss_scale() is not None:

@@ -83,7 +83,8 @@ class Masker:
             "mlm_positions": torch.from_numpy(positions),
             "mlm_labels": torch.from_numpy(labels),
             "nsp_labels": torch.from_numpy(nsp),
-            "meta": {"tokens": int(lens.sum()), "slots": int(ids.size)},  # real tokens, token slots incl. padding
+            # real tokens, token slots incl. padding, and what attention computes on (each row its own length)
+            "meta": {"tokens": int(lens.sum()), "slots": int(ids.size), "sq_tokens": int((lens * lens).sum())},
         }
 
     def predictions_per_seq(self) -> int:

@@ -172,11 +172,3 @@ def register_varlen() -> None:
 
     AttentionInterface.register(VARLEN, varlen_attention)
     AttentionMaskInterface.register(VARLEN, sdpa_mask)  # masks for unpacked batches (validation) as SDPA's
-
-
-def flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward), counting the masked-only decoder."""
-    h, n_layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    per_layer = 2 * (4 * h * h + 2 * h * ffn) + 2 * 2 * seq_len * h  # matmuls + attention scores/values
-    decoder = 2 * (h * h + h * config.vocab_size) * mlm_fraction
-    return 3.0 * (n_layers * per_layer + decoder)

@@ -11,12 +11,20 @@ row from 1 (0: padding); the model attends within equal ids only (block-diagonal
 segments (padding tails included as segments of their own) for varlen attention kernels. ``cls_positions`` index the
 flattened rows at each pair's [CLS], in the original sample order, so ``nsp_labels`` are unchanged; ``mlm_positions``
 are remapped into the packed rows.
+
+With fixed shapes every micro-batch has the same shapes, so that torch.compile captures one graph: rows ``seq_len``
+wide, a fixed number of rows (empty ones are all padding: no [CLS], no masked position, so no loss or count sees
+them) and a fixed number of varlen segments (``cu_seqlens`` padded by repeating its end: empty segments).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of a padded masked-position slot (fixed shapes): cross_entropy's ignore_index
 
@@ -39,18 +47,33 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> np.ndarray:
 
 
 def pack_batch(
-    batch: dict[str, torch.Tensor], seq_len: int, width_multiple: int = 8, fixed: bool = False, pad_id: int = 0
+    batch: dict[str, torch.Tensor],
+    seq_len: int,
+    width_multiple: int = 8,
+    fixed: bool = False,
+    pad_id: int = 0,
+    rows: int | None = None,
 ) -> dict:
     """A masked unpacked batch (input_ids, token_type_ids, attention_mask, mlm_*, nsp_labels) -> a packed batch.
 
-    ``fixed``: rows are ``seq_len`` wide (else the fullest row, rounded up to ``width_multiple``).
+    ``fixed``: rows are ``seq_len`` wide (else the fullest row, rounded up to ``width_multiple``), there are ``rows``
+    of them (default: one per sample, which always suffices) and ``cu_seqlens`` has one entry per sample and row.
     """
     ids_u = batch["input_ids"].numpy()
     tt_u = batch["token_type_ids"].numpy()
     lens = batch["attention_mask"].numpy().sum(1)
     b, width_u = ids_u.shape
     row = first_fit_decreasing(lens, seq_len)
-    n_rows = int(row.max()) + 1
+    used = int(row.max()) + 1
+    n_rows = used
+    if fixed:
+        n_rows = rows or b
+        if used > n_rows:  # a rare extra shape rather than a dropped sample
+            log.warning(
+                "a packed micro-batch needs %d rows, more than data.packed_rows=%d: it gets %d (one more compiled "
+                "graph); raise data.packed_rows", used, n_rows, max(b, used),
+            )  # fmt: skip
+            n_rows = max(b, used)
     offset = np.zeros(b, dtype=np.int64)
     fill = np.zeros(n_rows, dtype=np.int64)
     pair = np.zeros(b, dtype=np.int64)
@@ -78,10 +101,14 @@ def pack_batch(
     positions[live] = start[p[live] // width_u] + p[live] % width_u
     # Segments of the flattened rows for varlen kernels: every pair, and each row's padding tail as its own segment.
     seg = [0]
-    for r in range(n_rows):
+    for r in range(used):
         members = np.sort(offset[row == r])
         ends = list(members[1:]) + [fill[r]] + ([width] if fill[r] < width else [])
         seg.extend(r * width + int(e) for e in ends)
+    seg.extend(r * width + width for r in range(used, n_rows))  # empty rows: one padding segment each
+    if fixed:  # a pair per sample and a tail per row at most: pad with empty segments to that many
+        seg.extend([seg[-1]] * (b + n_rows + 1 - len(seg)))
+    sq = int((lens.astype(np.int64) ** 2).sum())  # attention computes on each pair's own length (MFU)
     return {
         "input_ids": torch.from_numpy(ids),
         "token_type_ids": torch.from_numpy(tt),
@@ -92,16 +119,18 @@ def pack_batch(
         "mlm_positions": torch.from_numpy(positions),
         "mlm_labels": batch["mlm_labels"],
         "nsp_labels": batch["nsp_labels"],
-        "meta": {"tokens": int(lens.sum()), "slots": int(ids.size)},
+        "meta": {"tokens": int(lens.sum()), "slots": int(ids.size), "sq_tokens": sq, "fixed_shape": fixed},
     }
 
 
 class PackingCollator:
-    """Masks a micro-batch with ``masker`` (as unpacked), then packs it into rows of ``seq_len``."""
+    """Masks a micro-batch with ``masker`` (as unpacked), then packs it into rows of ``seq_len`` (``rows`` of them
+    with fixed shapes; None: one per sample)."""
 
-    def __init__(self, masker, seq_len: int, width_multiple: int = 8, fixed: bool = False):
+    def __init__(self, masker, seq_len: int, width_multiple: int = 8, fixed: bool = False, rows: int | None = None):
         self.masker, self.seq_len, self.width_multiple, self.fixed = masker, seq_len, width_multiple, fixed
+        self.rows = rows
 
     def __call__(self, samples, rng: np.random.Generator) -> dict:
         batch = self.masker(samples, rng)
-        return pack_batch(batch, self.seq_len, self.width_multiple, self.fixed, self.masker.sp["pad"])
+        return pack_batch(batch, self.seq_len, self.width_multiple, self.fixed, self.masker.sp["pad"], self.rows)
