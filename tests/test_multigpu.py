@@ -114,8 +114,9 @@ def test_every_collective_runs_on_the_engines_device_under_nccl(one_rank_group, 
     device type cpu" at the first step of every run on 2 GPUs)."""
     from pipeline.dist import DistEnv
     from pipeline.preempt import SignalFlag
-    from pipeline.pretrain import data as D
+    from data_prep.format import load_data_spec
     from pipeline.pretrain.loop import evaluate, reduce_dict
+    from pipeline.pretrain.masking import Masker
     from pipeline.run import lock_run_dir
 
     device = not_the_cpu()
@@ -132,12 +133,14 @@ def test_every_collective_runs_on_the_engines_device_under_nccl(one_rank_group, 
     assert stop == signal.SIGUSR2 and (tokens, samples) == (600.0, 8.0)  # two ranks of 300 tokens and 4 samples
 
     assert reduce_dict({"loss": 1.5, "tokens": 64.0}, device)["tokens"] == 128.0
-    spec = D.load_data_spec(synth_data)
-    masker = D.Masker(spec, 0.15, None, 8, False)
-    cfg = OmegaConf.create({"seed": 1, "data": {"on_bad_shard": "skip"}, "eval": {"max_batches": 2}})
+    spec = load_data_spec(synth_data)
+    masker = Masker(spec, 0.15, None, 8, False)
+    data = {"on_bad_shard": "skip", "shuffle_shards": False, "shuffle_block": 0, "length_buckets": False}
+    cfg = OmegaConf.create({"seed": 1, "data": data, "eval": {"max_batches": 2}})
     out = {"loss": 3.0, "mlm_loss": 2.0, "nsp_loss": 1.0, "mlm_correct": 1.0, "mlm_count": 4.0}
     engine = SimpleNamespace(device=device, eval_step=lambda batch: {**out, "nsp_correct": 1.0, "nsp_count": 2.0})
-    val = evaluate(engine, spec, masker, cfg, env, 8, False)
+    run = SimpleNamespace(engine=engine, plan=SimpleNamespace(micro_batch=8))  # what evaluate reads of a started run
+    val = evaluate(SimpleNamespace(spec=spec, env=env, cfg=cfg, run=run, masker=masker, pin=False))
     assert val["val_loss"] == 3.0 and val["val_mlm_acc"] == 0.25
 
     lock = lock_run_dir(env, tmp_path / "run")
