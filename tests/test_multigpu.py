@@ -112,9 +112,9 @@ def test_every_collective_runs_on_the_engines_device_under_nccl(one_rank_group, 
     case), the stop-signal agreement, pretraining's window sums, its evaluation and the run lock all hand their
     collectives tensors on the engine's device (before: SignalFlag's host tensor, "No backend type associated with
     device type cpu" at the first step of every run on 2 GPUs)."""
+    from data_prep.format import load_data_spec
     from pipeline.dist import DistEnv
     from pipeline.preempt import SignalFlag
-    from data_prep.format import load_data_spec
     from pipeline.pretrain.loop import evaluate, reduce_dict
     from pipeline.pretrain.masking import Masker
     from pipeline.run import lock_run_dir
