@@ -218,7 +218,7 @@ class PretrainStreams(IterableDataset):
         order = self.order(stream)
         gens = [self._source_samples(p, int(np.count_nonzero(order[:pos] == s))) for s, p in enumerate(sources)]
         try:
-            for s in order[pos:]:
+            for s in order[pos:].tolist():  # Python ints: a numpy scalar per sample costs more than the lookup
                 yield next(gens[s])
         finally:
             for g in gens:
