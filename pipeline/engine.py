@@ -476,7 +476,7 @@ def optimizer_state_by_name(
         zero, states, step = Path(universal) / "zero", {}, 0.0
         for name in order:
             folder = zero / name
-            if not folder.is_dir():
+            if not (folder / f"{keys[0]}.pt").is_file():  # no state for it (an optimizer that never stepped)
                 continue
             states[name] = {k: torch.load(folder / f"{k}.pt", weights_only=True)["param"].float() for k in keys}
             if (folder / "step.pt").is_file():

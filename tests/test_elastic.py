@@ -249,10 +249,8 @@ def _assert_starts_from(phase1: Path, phase2_run: Path, work: Path) -> None:
     w1, w2 = consolidated_state_dict(ckpt1, end), consolidated_state_dict(ckpt2, "step_00000000")
     assert set(w1) == set(w2) and all(torch.equal(w1[k], w2[k]) for k in w1)
     order = _optimizer_order(phase2_run)
-    (m1, step1), (m2, step2) = (
-        _moments(ckpt1, end, work / "1", order),
-        _moments(ckpt2, "step_00000000", work / "2", order),
-    )
+    m1, step1 = _moments(ckpt1, end, phase2_run / "init" / "universal", order)  # phase 2 converted it to start
+    m2, step2 = _moments(ckpt2, "step_00000000", work / "step0", order)
     assert step1 == step2 == 24 and len(m1) == len(order) and set(m1) == set(m2)
     assert all(torch.equal(m1[n][k], m2[n][k]) for n in m1 for k in ("exp_avg", "exp_avg_sq"))
     assert any(float(m1[n]["exp_avg_sq"].abs().sum()) > 0 for n in m1)  # real moments, not fresh zeros

@@ -161,11 +161,14 @@ def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Pretraining:
             f"seq_len={seq_len}: the data holds sequences of up to {spec.seq_len} tokens and the model "
             f"takes up to {cfg.model.max_position_embeddings}"
         )
-    # A phase: another run's checkpoint, unless this run has one of its own (then it resumes from that).
-    start = phase.find_start(cfg, run_dir, seq_len, spec.tokenizer_sha256)
-    own = CheckpointManager(run_dir, 1, env.rank, barrier)
-    if own.latest():
-        start, group = None, group or own.trainer_state(own.latest()).get("init_from", {}).get("group")
+    # A phase: another run's checkpoint, unless this run has one of its own (then it resumes from that, and the first
+    # run may have moved or gone).
+    ckpts = CheckpointManager(run_dir, 1, env.rank, barrier)
+    start, own = None, ckpts.latest()
+    if own:  # its W&B run stays in the first run's group
+        group = group or ckpts.trainer_state(own).get("init_from", {}).get("group")
+    else:
+        start = phase.find_start(cfg, run_dir, seq_len, spec.tokenizer_sha256)
     plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
     streams = max(1, cfg.engine.loader_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
