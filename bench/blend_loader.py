@@ -42,9 +42,9 @@ def prepare(cache: Path, total: int) -> tuple[list[Path], list[Path]]:
 def rate(paths: list[Path], weights: list[float] | None, batches: int, workers: int) -> tuple[float, float]:
     """(samples/s over ``batches`` micro-batches of 32, seconds to plan and open the first epoch)."""
     from pipeline.checkpoint import TrainState
-    from pipeline.pretrain.blend import load_blend
     from pipeline.pretrain.data import Batches
     from pipeline.pretrain.masking import Masker
+    from pipeline.pretrain.sources import load_blend
     from pipeline.pretrain.streams import StreamSettings
 
     blend = load_blend([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), weights)

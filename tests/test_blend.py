@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from data_prep.format import DataError
 from pipeline.checkpoint import TrainState
 from pipeline.config import ConfigError
 from pipeline.pretrain import elastic, mix
-from pipeline.pretrain.blend import apportion, blend_order, load_blend, new_state, where
+from pipeline.pretrain.blend import apportion, blend_order, where
 from pipeline.pretrain.data import Batches
+from pipeline.pretrain.sources import load_blend, new_state
 from pipeline.pretrain.streams import PretrainStreams, StreamSettings
 from tests.synth import make_shards
 
@@ -242,3 +244,22 @@ def test_one_source_plans_as_before(synth_data):
         assert plan.per_stream == 237
         elastic.next_epoch(state, blend, plan)
         assert state.blend["start"] == [[epoch + 1, 0]]
+
+
+def test_a_bad_shard_of_a_source_is_skipped_and_named_with_its_source(sources, tmp_path):
+    """data.verify and bad-shard skipping work per source: the shard is named with its source and left out of the
+    plan; the other sources and the rest of its own are read as usual."""
+    from pipeline.pretrain.shards import verify_shards
+
+    mid = tmp_path / "mid"
+    shutil.copytree(sources[1], mid)
+    victim = mid / "train-000001.tar"
+    victim.write_bytes(victim.read_bytes()[:2000])
+    blend = load_blend([str(sources[0]), str(mid), str(sources[2])], [0.6, 0.3, 0.1])
+    assert [verify_shards(s.spec, "size", "skip") for s in blend.sources] == [[], ["mid/train-000001.tar"], []]
+    assert "mid/train-000001.tar" not in {s.name for s in blend.shards} and blend.sources[1].samples == 120
+    served = Counter()
+    b = _batches(blend, TrainState())
+    for _ in range(30):
+        served.update(name for name, _ in b.next()["meta"]["samples"])
+    assert served["mid/train-000000.tar"] > 0 and "mid/train-000001.tar" not in served

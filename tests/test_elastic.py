@@ -299,9 +299,9 @@ def test_phase2_first_loss_is_phase1s_model_on_its_first_batch(phase2, trained):
 
     from pipeline.checkpoint import TrainState
     from pipeline.engine import consolidated_state_dict
-    from pipeline.pretrain.blend import load_blend
     from pipeline.pretrain.data import Batches, build_collate
     from pipeline.pretrain.model import build_model
+    from pipeline.pretrain.sources import load_blend
 
     cfg = OmegaConf.load(phase2.full / "config.yaml")
     blend = load_blend(cfg.data.path, cfg.data.weights)

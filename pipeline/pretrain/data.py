@@ -10,10 +10,10 @@ import os
 import time
 
 from data_prep.format import DataError, DataSpec
-from pipeline.pretrain.blend import Blend, Source, new_state
 from pipeline.pretrain.elastic import current_plan, describe, next_epoch
 from pipeline.pretrain.masking import Masker, continuation_table
 from pipeline.pretrain.packing import PackingCollator
+from pipeline.pretrain.sources import Blend, Source, new_state
 from pipeline.pretrain.streams import Collate, PretrainStreams, StreamSettings, make_loader
 
 log = logging.getLogger(__name__)

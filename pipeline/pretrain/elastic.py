@@ -30,21 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.format import DataSpec, Shard
-from pipeline.pretrain.blend import (
-    Blend,
-    Piece,
-    Plan,
-    Seq,
-    Source,
-    advance,
-    claim,
-    length,
-    match_sources,
-    mix_changes,
-    new_state,
-    plan_summary,
-    positions,
-)
+from pipeline.pretrain.blend import Piece, Plan, Seq, advance, claim, length, plan_summary, positions
+from pipeline.pretrain.sources import Blend, Source, match_sources, mix_changes, new_state
 from pipeline.pretrain.streams import PretrainStreams, StreamSettings
 
 log = logging.getLogger(__name__)

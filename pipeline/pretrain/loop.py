@@ -17,12 +17,12 @@ from pipeline.config import ConfigError
 from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, barrier, gather_lists, peer_lost
 from pipeline.engine import check_engine_config, init_process_group, plan_batch
 from pipeline.pretrain import mix, phase
-from pipeline.pretrain.blend import Blend, Source, load_blend, new_state
 from pipeline.pretrain.data import Batches, build_collate
 from pipeline.pretrain.elastic import note_layout, note_mix
 from pipeline.pretrain.masking import Masker
 from pipeline.pretrain.model import build_model, flops_per_token
 from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
+from pipeline.pretrain.sources import Blend, Source, load_blend, new_state
 from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader
 from pipeline.run import Run, RunResult, lock_run_dir, start_run
 

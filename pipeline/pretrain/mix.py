@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from data_prep.format import DataSpec
 from pipeline.config import ConfigError
-from pipeline.pretrain.blend import Blend, match_sources, mix_changes, new_state
+from pipeline.pretrain.sources import Blend, match_sources, mix_changes, new_state
 
 VAL_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
 
