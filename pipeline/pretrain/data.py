@@ -37,7 +37,7 @@ class Batches:
 
     ``position`` is any object with ``epoch``, ``batch_in_epoch``, ``resplits`` and ``blend`` (the trainer's state):
     it is advanced in place, so a checkpoint of it resumes at the next batch. ``data`` is one data_prep output or a
-    blend of several (blend.py).
+    blend of several (sources.py; planned by blend.py).
     """
 
     def __init__(
