@@ -8,3 +8,4 @@ echo "# $(date -u +%FT%TZ) on $(nproc) cores: $(grep -m1 'model name' /proc/cpui
 echo; echo "## data_prep"; "$PY" bench/data_prep.py
 echo; echo "## pretraining throughput"; "$PY" bench/pretrain_throughput.py
 echo; echo "## packing and the lean step"; "$PY" bench/packing.py
+echo; echo "## the loader with weighted sources"; "$PY" bench/blend_loader.py

@@ -53,6 +53,8 @@ class TrainState:
     data_fingerprint: str = ""
     tokenizer_sha256: str = ""
     best: dict = field(default_factory=dict)
+    blend: dict = field(default_factory=dict)  # data sources: mix, positions, counts (pretrain/blend.py, elastic.py)
+    init_from: dict = field(default_factory=dict)  # the run, step and tokens this run started from (pretrain/phase.py)
 
     def state_dict(self) -> dict:
         return asdict(self)

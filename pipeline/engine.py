@@ -307,7 +307,7 @@ class Engine:
                 sums["sq_tokens"] += sq
                 sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
         self._count_graphs()
-        return sums, {"good_micro": n - int(sum(bad_flags))}
+        return sums, {"good_micro": n - int(sum(bad_flags)), "bad_micro": [bool(b) for b in bad_flags]}
 
     def _train_step_synced(self, micro_batches: list[dict], inject_nan: bool = False) -> tuple[dict, dict]:
         """The previous step (engine.lean_step=false): the non-finite agreement and the sums read per micro-batch.
@@ -315,11 +315,12 @@ class Engine:
         gradients zeroed so that the boundary reduction still happens."""
         self.ds.train()
         sums: dict[str, float] = {"tokens": 0.0, "slots": 0.0, "sq_tokens": 0.0, "samples": 0.0, "skipped_micro": 0.0}
-        n, good = len(micro_batches), 0
+        n, good, flags = len(micro_batches), 0, []
         for i, mb in enumerate(micro_batches):
             out = self._forward(**self._to_device(mb))
             loss = out["loss"] * float("nan") if inject_nan else out["loss"]
             bad = self.nan_check and self._nonfinite_anywhere(loss)
+            flags.append(bool(bad))
             last = i == n - 1
             if bad:
                 sums["skipped_micro"] += 1
@@ -344,7 +345,7 @@ class Engine:
             sums["sq_tokens"] += sq
             sums["samples"] += mb["input_ids"].shape[0] if "cls_positions" not in mb else len(mb["nsp_labels"])
         self._count_graphs()
-        return sums, {"good_micro": good}
+        return sums, {"good_micro": good, "bad_micro": flags}
 
     def _count_graphs(self) -> None:
         if self.cfg.compile:  # graphs dynamo has compiled so far: constant once warm unless something recompiles
@@ -395,6 +396,43 @@ class Engine:
             self.load_universal = False
         return client_state or {}
 
+    def load_optimizer_from(self, ckpt_root: Path, tag: str, universal: Path | None) -> None:
+        """Another run's optimizer state (its moments and step count; not its schedule, step counter, learning rate
+        or other hyperparameters: this run has its own). ``universal``: that checkpoint converted by
+        ``convert_to_universal``, needed when it was written partitioned (ZeRO 1-3, bf16, fp16).
+
+        A partitioned optimizer here loads it by DeepSpeed's universal route (any stage and world size on either
+        side; the engine must have been built with ``load_universal``), which also restores the weights (the values
+        the caller loaded already) and that run's param-group values, clip value and counters: those are put back.
+        A plain optimizer (ZeRO-0 fp32) takes the state parameter by parameter, by name."""
+        if isinstance(self.optimizer, torch.optim.Optimizer):  # not a DeepSpeed wrapper
+            names = {id(p): n for n, p in self.module.named_parameters()}
+            order = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+            states, step = optimizer_state_by_name(ckpt_root, tag, universal, order)
+            for name, p in self.module.named_parameters():
+                if name in states:
+                    moments = {k: v.to(p.device, torch.float32).reshape(p.shape) for k, v in states[name].items()}
+                    step_t = torch.tensor(float(step), dtype=torch.float32, device=p.device)
+                    self.optimizer.state[p] = {"step": step_t, **moments}
+            return
+        if universal is None or not self.load_universal:
+            raise RuntimeError("a partitioned optimizer loads another run's state from its universal checkpoint")
+        opt = self.ds.optimizer
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        clip = getattr(opt, "clip_grad", None)
+        path, _ = self.ds.load_checkpoint(
+            str(universal.parent), tag=universal.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load {universal}")
+        for g, own in zip(opt.param_groups, groups):
+            g.update(own)
+        if clip is not None:
+            opt.clip_grad = clip
+        self.ds.global_steps = self.ds.global_samples = self.ds.skipped_steps = 0
+        self.ds._config.load_universal_checkpoint = False  # later saves and loads are this run's own
+        self.load_universal = False
+
     def memory(self) -> dict:
         if self.device.type == "cuda":
             return {"mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
@@ -412,12 +450,13 @@ def partitioned(folder: Path) -> bool:
     return any(Path(folder).glob("*optim_states.pt"))
 
 
-def convert_to_universal(ckpt_root: Path, tag: str) -> Path:
-    """``step_N/universal/`` from ``step_N`` (DeepSpeed's ds_to_universal), built once and cached: rank 0 only.
+def convert_to_universal(ckpt_root: Path, tag: str, out: Path | None = None) -> Path:
+    """``step_N/universal/`` (or ``out``) from ``step_N`` (DeepSpeed's ds_to_universal), built once and cached: rank 0.
 
     It is built in a temporary folder and renamed when complete, so a failed or killed conversion leaves the original
     checkpoint as it was and is simply redone next time. Checkpoints lack the ``universal_checkpoint_info`` client
-    state the converter asks for; ``inject_missing_state`` adds it to its own copy.
+    state the converter asks for; ``inject_missing_state`` adds it to its own copy. ``out``: somewhere else than
+    beside the checkpoint (another run's checkpoint, which this run only reads).
     """
     import argparse
     import shutil
@@ -426,11 +465,13 @@ def convert_to_universal(ckpt_root: Path, tag: str) -> Path:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     folder = Path(ckpt_root) / tag
-    out, tmp = folder / UNIVERSAL, folder / f".{UNIVERSAL}.tmp"
+    out = Path(out) if out is not None else folder / UNIVERSAL
+    tmp = out.with_name(f".{out.name}.tmp")
     if (out / "COMPLETE").is_file():
         return out
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     args = argparse.Namespace(
         input_folder=str(folder),
@@ -451,12 +492,43 @@ def convert_to_universal(ckpt_root: Path, tag: str) -> Path:
             f"untouched. Resume with the world size it was written with, or report this with the log."
         ) from e
     finally:
-        (folder / "latest_universal").unlink(missing_ok=True)  # the converter's own pointer, next to its output
+        (tmp.parent / "latest_universal").unlink(missing_ok=True)  # the converter's own pointer, next to its output
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log.info("converted %s to a universal checkpoint in %.1fs (%.1f MB, cached in %s)", tag, time.perf_counter() - t0,
              size / 1e6, out)  # fmt: skip
     return out
+
+
+def optimizer_state_by_name(
+    ckpt_root: Path, tag: str, universal: Path | None, order: list[str]
+) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
+    """A checkpoint's optimizer state per parameter name (fp32 ``exp_avg``, ``exp_avg_sq``) and its step count: from
+    ``universal`` (the checkpoint converted by ``convert_to_universal``) when it was written partitioned, else from
+    its model file, where ZeRO-0 keeps the optimizer's own state dict (parameters numbered in ``order``)."""
+    keys = ("exp_avg", "exp_avg_sq")
+    if universal is not None:
+        zero, states, step = Path(universal) / "zero", {}, 0.0
+        for name in order:
+            folder = zero / name
+            if not (folder / f"{keys[0]}.pt").is_file():  # no state for it (an optimizer that never stepped)
+                continue
+            states[name] = {k: torch.load(folder / f"{k}.pt", weights_only=True)["param"].float() for k in keys}
+            if (folder / "step.pt").is_file():
+                step = float(torch.load(folder / "step.pt", weights_only=True))
+        return states, step
+    model = torch.load(Path(ckpt_root) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    sd = model.get("optimizer")
+    if not sd or not sd.get("state"):
+        raise RuntimeError(f"{Path(ckpt_root) / tag} holds no optimizer state")
+    ids = [i for g in sd["param_groups"] for i in g["params"]]
+    if len(ids) != len(order):
+        raise RuntimeError(f"{Path(ckpt_root) / tag}: {len(ids)} optimizer parameters, this model has {len(order)}")
+    states = {
+        order[k]: {key: sd["state"][i][key].float() for key in keys} for k, i in enumerate(ids) if i in sd["state"]
+    }
+    step = next((float(st["step"]) for st in sd["state"].values() if "step" in st), 0.0)
+    return states, step
 
 
 def consolidated_state_dict(ckpt_root: Path, tag: str) -> dict[str, torch.Tensor]:

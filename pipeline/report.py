@@ -158,7 +158,41 @@ def pretrain_report(run: Path, out: Path) -> list[str]:
         ("skipped shards", summary.get("skipped_shards")),
         ("latest checkpoint", summary.get("checkpoint")),
     ]
-    return [f"# Pretraining run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs)]
+    for name, src in (summary.get("sources") or {}).items():  # a blend: what each source supplied
+        seen = f"{src.get('samples')} samples, {src.get('tokens')} tokens, {fmt(src.get('passes', 0.0))} passes"
+        rows.append((f"source {name}", f"{seen}, weight {fmt(src.get('weight', '-'))}"))
+    if start := summary.get("init_from"):
+        rows.append(("started from", f"{start['run']} at step {start['step']} ({start['tokens']} tokens)"))
+        figs.append(phases_plot(run, out, recs, start))
+    return [f"# Pretraining run `{run}`", "", *table(rows), "", *(f"![{f}]({f})" for f in figs if f)]
+
+
+def phases_plot(run: Path, out: Path, recs: list[dict], start: dict) -> str | None:
+    """Both phases' training loss on one token axis: the run it started from up to its starting step, then this run
+    (its tokens counted from there)."""
+    before = [r for r in read_jsonl(Path(start["run"]) / "metrics.jsonl") if r.get("step", 0) <= start["step"]]
+    lines = []
+    for label, rs, offset in (
+        (f"phase 1: {Path(start['run']).name}", before, 0),
+        (f"phase 2: {run.name}", recs, start["tokens"]),
+    ):
+        pts = [(r["tokens"] + offset, r["loss"]) for r in rs if isinstance(r.get("loss"), float) and "tokens" in r]
+        lines.append((label, [p[0] for p in pts], [p[1] for p in pts]))
+    if not lines[0][1]:
+        return None  # the first run's metrics are gone: nothing to join
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, xs, ys in lines:
+        ax.plot(xs, ys, label=label)
+    ax.axvline(start["tokens"], color="grey", ls=":", lw=1)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("train loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{run.name}: both phases")
+    fig.tight_layout()
+    fig.savefig(out / "phases.png", dpi=110)
+    plt.close(fig)
+    return "phases.png"
 
 
 def finetune_report(run: Path, out: Path) -> list[str]:

@@ -104,10 +104,14 @@ def start_run(
     desc: str,
     check_resume: Callable[[dict], None] | None = None,
     lock: RunLock | None = None,
+    init: Callable[[Engine], None] | None = None,
+    init_universal: bool = False,
 ) -> Run:
     """Optimizer, schedule and engine for ``model``; the resolved config (this start's, kept beside the earlier ones:
     pipeline/rundir.py) and DeepSpeed JSON in ``run_dir``; the latest complete checkpoint loaded into the engine and
-    ``state`` (after ``check_resume`` saw its trainer state), under this config's schedule and optimizer settings."""
+    ``state`` (after ``check_resume`` saw its trainer state), under this config's schedule and optimizer settings.
+    Without a checkpoint, ``init`` (if any) gets the engine: a run that starts from another run's state, which the
+    engine loads in universal form when ``init_universal`` (pretrain/phase.py)."""
     ds_config = deepspeed_config(cfg.engine, cfg.optim, plan, nan_check=cfg.nan.check)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     ckpt = CheckpointManager(run_dir, cfg.checkpoint.keep_last, env.rank, barrier)
@@ -133,12 +137,15 @@ def start_run(
             raise RuntimeError(failed[0])
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    universal = universal or (init is not None and init_universal and not tag)
     engine = Engine(model, optimizer, scheduler, cfg.engine, ds_config, device, cfg.nan.check, universal)
     if tag:
         settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         ckpt.load(engine, tag, state)
         follow_config(optimizer, scheduler, settings)
         log.info("resumed from %s (step %d)", ckpt.root / tag, state.step)
+    elif init is not None:
+        init(engine)
     config = OmegaConf.to_container(cfg, resolve=True)
     metrics = build_metrics(env.rank, run_dir, cfg.logger, config, state.step if tag else None, group)
     flag = SignalFlag(list(cfg.preempt.signals))

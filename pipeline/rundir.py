@@ -68,9 +68,12 @@ RULES: dict[str, str] = {
          "name", "cleanup"),
         RUNTIME,
     ),
-    **dict.fromkeys(("data.path", "data.weights"), DATA),
+    **dict.fromkeys(("data.path", "data.weights", "data.names"), DATA),
+    # Where a phase starts from: read once, when the run has no checkpoint of its own (pretrain/phase.py).
     **dict.fromkeys(
-        ("run_dir", "stop_after_steps", "allow_config_change", "data.allow_data_change", "hydra."), IGNORED
+        ("run_dir", "stop_after_steps", "allow_config_change", "data.allow_data_change", "hydra.", "init_from_run",
+         "init_from_run_step", "init_optimizer"),
+        IGNORED,
     ),
 }  # fmt: skip
 

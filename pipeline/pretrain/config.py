@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -53,7 +54,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = MISSING  # a data_prep output directory (manifest.json + shards)
+    # A data_prep output directory (manifest.json + shards), or a list of them blended by `weights`
+    # (pipeline/pretrain/blend.py): one tokenizer and seq_len for all.
+    path: Any = MISSING
+    # Shares of the training samples per path (normalised); null: each source's size (as if prepared together).
+    weights: list[float] | None = None
+    names: list[str] | None = None  # labels for metrics and messages; null: the shortest distinct ends of the paths
     # Streams per rank = max(1, engine.loader_workers); each stream reads its own contiguous slice of the epoch.
     shuffle_shards: bool = True
     shuffle_block: int = 2048  # samples shuffled together inside a stream (0: no shuffle)
@@ -74,7 +80,8 @@ class DataConfig:
     packed_rows: int | None = None
     verify: ShardCheck = ShardCheck.size  # shard checks before training
     on_bad_shard: OnBadShard = OnBadShard.skip
-    # Refuse data whose manifest fingerprint or tokenizer differs from the checkpoint's, unless this is true.
+    # Refuse data whose manifest fingerprint or tokenizer differs from the checkpoint's, or another mix of sources
+    # (weights, a source added or removed), unless this is true: then each source continues from where it was.
     allow_data_change: bool = False
 
 
@@ -95,6 +102,12 @@ class PretrainConfig(StageConfig):
     seq_len: int | None = None  # null: the data's seq_len (checked against it either way)
     max_steps: int = 1000
     seed: int = 1234
+    # A phase (pipeline/pretrain/phase.py): start from another pretraining run_dir's latest complete checkpoint (or
+    # the one at init_from_run_step), its weights and with init_optimizer its optimizer state; this run keeps its own
+    # data, schedule, max_steps and run_dir.
+    init_from_run: str | None = None
+    init_from_run_step: int | None = None
+    init_optimizer: bool = False
 
 
 def register_configs() -> None:

@@ -5,14 +5,18 @@ run's config asks for (masking, then packing when ``data.packing``)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
 from data_prep.format import DataError, DataSpec
-from pipeline.pretrain.elastic import epoch_plan
+from pipeline.pretrain.elastic import current_plan, describe, next_epoch
 from pipeline.pretrain.masking import Masker, continuation_table
 from pipeline.pretrain.packing import PackingCollator
+from pipeline.pretrain.sources import Blend, Source, new_state
 from pipeline.pretrain.streams import Collate, PretrainStreams, StreamSettings, make_loader
+
+log = logging.getLogger(__name__)
 
 
 def build_collate(cfg, spec: DataSpec, seq_len: int) -> tuple[Masker, Collate]:
@@ -31,13 +35,14 @@ def build_collate(cfg, spec: DataSpec, seq_len: int) -> tuple[Masker, Collate]:
 class Batches:
     """This rank's micro-batches from a position on, across epochs, with the time spent waiting for them.
 
-    ``position`` is any object with ``epoch``, ``batch_in_epoch`` and ``resplits`` (the trainer's state): it is
-    advanced in place, so a checkpoint of it resumes at the next batch.
+    ``position`` is any object with ``epoch``, ``batch_in_epoch``, ``resplits`` and ``blend`` (the trainer's state):
+    it is advanced in place, so a checkpoint of it resumes at the next batch. ``data`` is one data_prep output or a
+    blend of several (sources.py; planned by blend.py).
     """
 
     def __init__(
         self,
-        spec: DataSpec,
+        data: Blend | DataSpec,
         collate: Collate,
         settings: StreamSettings,
         *,
@@ -49,7 +54,8 @@ class Batches:
         pin: bool,
         position,
     ):
-        self.spec, self.collate, self.settings = spec, collate, settings
+        self.blend = data if isinstance(data, Blend) else Blend([Source("data", data, None)])
+        self.collate, self.settings = collate, settings
         self.rank, self.world, self.micro, self.pin, self.position = rank, world, micro, pin, position
         # One stream per loader worker (0 workers: one stream, read in the trainer's process).
         self.workers, self.prefetch, self.streams = workers, prefetch, max(1, workers)
@@ -60,9 +66,11 @@ class Batches:
 
     def _open(self):
         pos = self.position
-        resplit = epoch_plan(self.spec.train, self.settings, pos.epoch, pos.resplits, self.world, self.streams)
+        if not pos.blend:  # a run that starts (or a checkpoint from before blends: one source, at pass ``epoch``)
+            pos.blend = new_state(self.blend, pos.epoch)
+        self.plan = current_plan(self.blend, self.settings, pos, self.world, self.streams)
         ds = PretrainStreams(
-            self.spec.train,
+            self.blend.shards,
             self.collate,
             self.settings,
             rank=self.rank,
@@ -71,20 +79,22 @@ class Batches:
             micro_batch=self.micro,
             epoch=pos.epoch,
             start_batch=pos.batch_in_epoch,
-            plan=resplit,
+            plan=self.plan,
         )
         if ds.batches_per_epoch == 0:
+            root = ", ".join(str(s.spec.root) for s in self.blend.sources)
             raise DataError(
-                f"{self.spec.root}: {sum(s.samples for s in self.spec.train)} train samples cannot make one "
-                f"micro-batch of {self.micro} for each of {self.world} ranks x {self.streams} streams. "
+                f"{root}: {sum(s.samples for s in self.blend.shards)} train samples cannot "
+                f"make one micro-batch of {self.micro} for each of {self.world} ranks x {self.streams} streams. "
                 f"Use more data, fewer engine.loader_workers or a smaller engine.micro_batch_size."
             )
+        if len(self.blend.sources) > 1 and self.rank == 0 and pos.batch_in_epoch == 0 and not pos.resplits:
+            log.info("epoch %d, samples per stream: %s", pos.epoch, describe(self.blend, pos, self.plan))
         self.batches_per_epoch = ds.batches_per_epoch
         self._it = iter(make_loader(ds, self.workers, self.prefetch, self.pin))
 
     def _new_epoch(self) -> None:
-        pos = self.position
-        pos.epoch, pos.batch_in_epoch, pos.resplits = pos.epoch + 1, 0, []
+        next_epoch(self.position, self.blend, self.plan)
 
     def close(self) -> None:
         """Stop the loader workers now: they ignore TERM (see ignore_stop_signals), so multiprocessing's exit-time

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import torch
 
-from data_prep.format import DataSpec, load_data_spec
-from pipeline.checkpoint import TrainState
+from data_prep.format import DataSpec
+from pipeline.checkpoint import CheckpointManager, TrainState
 from pipeline.config import ConfigError
-from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, gather_lists, peer_lost
+from pipeline.dist import DistEnv, PeerLost, all_reduce_sum, barrier, gather_lists, peer_lost
 from pipeline.engine import check_engine_config, init_process_group, plan_batch
 from pipeline.metrics import last_validation
+from pipeline.pretrain import mix, phase
 from pipeline.pretrain.data import Batches, build_collate
-from pipeline.pretrain.elastic import note_layout
+from pipeline.pretrain.elastic import note_layout, note_mix
 from pipeline.pretrain.masking import Masker
 from pipeline.pretrain.mfu import MFU
 from pipeline.pretrain.model import build_model
 from pipeline.pretrain.shards import keep_in_run_dir, verify_shards
+from pipeline.pretrain.sources import Blend, Source, load_blend, new_state
 from pipeline.pretrain.streams import PretrainStreams, StreamSettings, make_loader
 from pipeline.run import Run, RunResult, lock_run_dir, start_run
 
@@ -34,23 +36,14 @@ def validate(cfg) -> None:
     check_engine_config(cfg.engine)
     if cfg.max_steps <= 0:
         raise ConfigError(f"max_steps={cfg.max_steps} must be positive")
+    phase.validate(cfg)
 
 
-def check_resume_compat(state: dict, spec: DataSpec, allow_change: bool) -> None:
+def check_resume_compat(state: dict, data: Blend | DataSpec, allow_change: bool) -> None:
     """Another world size, loader_workers or micro-batch is fine (universal checkpoint, re-split data); other data
-    or another tokenizer is refused unless asked for."""
-    if not allow_change:
-        if state.get("data_fingerprint") and state["data_fingerprint"] != spec.fingerprint:
-            raise ConfigError(
-                f"data at {spec.root} differs from the data this checkpoint was trained on (manifest fingerprint "
-                f"{spec.fingerprint[:12]} != {state['data_fingerprint'][:12]}). Point data.path at the original "
-                f"data, or set data.allow_data_change=true to continue on new data deliberately."
-            )
-        if state.get("tokenizer_sha256") and state["tokenizer_sha256"] != spec.tokenizer_sha256:
-            raise ConfigError(
-                f"the tokenizer of {spec.root} differs from the checkpoint's; the embeddings would be meaningless. "
-                f"Set data.allow_data_change=true only if the vocabulary is the same."
-            )
+    (a source's manifest), another tokenizer or another mix of sources (weights, a source added or removed) is
+    refused unless asked for (pretrain/mix.py)."""
+    mix.check_resume(state, data if isinstance(data, Blend) else Blend([Source("data", data, None)]), allow_change)
 
 
 KEYS = (
@@ -88,8 +81,17 @@ def reduce_dict(d: dict, device: torch.device) -> dict:
 
 
 def evaluate(p: Pretraining) -> dict:
-    """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches."""
-    spec, env, cfg = p.spec, p.env, p.cfg
+    """MLM/NSP losses and accuracies on the val shards; every rank runs the same number of batches. A blend is
+    evaluated source by source, and the mix is their weighted average (pretrain/mix.py)."""
+    if len(p.blend.sources) == 1:
+        return evaluate_split(p, p.spec)
+    per_source = {s.name: m for s in p.blend.sources if (m := evaluate_split(p, s.spec))}
+    return mix.val_record(per_source, p.blend)
+
+
+def evaluate_split(p: Pretraining, spec: DataSpec) -> dict:
+    """MLM/NSP losses and accuracies on one data_prep output's val shards."""
+    env, cfg = p.env, p.cfg
     if not spec.val:
         return {}
     # A split smaller than one micro-batch per rank would give no batch at all: evaluate it as one smaller batch
@@ -128,7 +130,8 @@ class Pretraining:
 
     cfg: object
     env: DistEnv
-    spec: DataSpec
+    spec: DataSpec  # the vocabulary, special ids and seq_len every source shares
+    blend: Blend  # the data sources (one, or several blended by weight)
     run: Run
     masker: Masker  # validation masks with it; training batches come from ``batches``
     batches: Batches
@@ -137,45 +140,75 @@ class Pretraining:
 
 
 def setup(cfg, env: DistEnv, run_dir: Path, group: str | None) -> Pretraining:
-    """The data checked, the process group, the run_dir's own copy of what it needs of the data, the model, the
-    engine with the latest checkpoint loaded, and the loader at the checkpoint's position."""
+    """The data checked, the process group, the run_dir's own copy of what it needs of the data, the model (from
+    another run's checkpoint for a phase), the engine with the latest checkpoint loaded, and the loader at the
+    checkpoint's position."""
     validate(cfg)
-    spec = load_data_spec(cfg.data.path)
+    blend = load_blend(cfg.data.path, cfg.data.weights, cfg.data.names)
+    spec = blend.first
     seq_len = cfg.seq_len or spec.seq_len
     if seq_len < spec.seq_len or seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"seq_len={seq_len}: the data holds sequences of up to {spec.seq_len} tokens and the model "
             f"takes up to {cfg.model.max_position_embeddings}"
         )
+    # A phase: another run's checkpoint, unless this run has one of its own (then it resumes from that, and the first
+    # run may have moved or gone).
+    ckpts = CheckpointManager(run_dir, 1, env.rank, barrier)
+    start, own = None, ckpts.latest()
+    if own:  # its W&B run stays in the first run's group
+        group = group or ckpts.trainer_state(own).get("init_from", {}).get("group")
+    else:
+        start = phase.find_start(cfg, run_dir, seq_len, spec.tokenizer_sha256)
     plan = plan_batch(cfg.global_batch_size, env.world_size, cfg.engine)
     streams = max(1, cfg.engine.loader_workers)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = init_process_group(env, cfg.engine)
     lock = lock_run_dir(env, run_dir)  # one live run per run_dir, before anything is written there
-    verify_shards(spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
+    for source in blend.sources:
+        verify_shards(source.spec, cfg.data.verify, cfg.data.on_bad_shard, env.rank, env.world_size, gather_lists)
     if env.rank == 0:
-        keep_in_run_dir(spec, run_dir)
+        keep_in_run_dir(spec, run_dir, blend.describe() if len(blend.sources) > 1 else None)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, spec.vocab_size, spec.special_ids["pad"])
+    init = None
+    if start is not None:
+        phase.load_weights(model, start)
+        universal = phase.universal_copy(start, run_dir, env.rank)
+        if start.optimizer:
+            init = lambda engine: engine.load_optimizer_from(start.root, start.tag, universal)  # noqa: E731
+        group = group or start.group
     state = TrainState(world_size=env.world_size, streams_per_rank=streams, micro_batch=plan.micro_batch)
     run = start_run(
         cfg, env, run_dir, plan, device, model, cfg.max_steps, state, group=group, desc="pretrain",
-        check_resume=lambda saved: check_resume_compat(saved, spec, cfg.data.allow_data_change), lock=lock,
+        check_resume=lambda saved: check_resume_compat(saved, blend, cfg.data.allow_data_change), lock=lock,
+        init=init, init_universal=phase.needs_universal_load(start, cfg.engine),
     )  # fmt: skip
     state.data_fingerprint, state.tokenizer_sha256 = spec.fingerprint, spec.tokenizer_sha256
+    if not run.resumed_from:
+        state.blend = new_state(blend)
     if run.resumed_from and not state.micro_batch:  # a checkpoint from before micro_batch was recorded
         state.micro_batch = plan_batch(cfg.global_batch_size, state.world_size, cfg.engine).micro_batch
+    settings = StreamSettings.of(cfg)
+    if run.resumed_from:
+        state.blend = mix.recorded_mix(state.state_dict(), blend)
+        note_mix(state, blend, settings)  # another mix (allowed): the epoch ends here, its rest is carried
     note_layout(state, env.world_size, streams, plan.micro_batch)  # another layout mid-epoch: re-split the rest
     masker, collate = build_collate(cfg, spec, seq_len)
     pin = device.type == "cuda"
     batches = Batches(
-        spec, collate, StreamSettings.of(cfg), rank=env.rank, world=env.world_size, micro=plan.micro_batch,
+        blend, collate, settings, rank=env.rank, world=env.world_size, micro=plan.micro_batch,
         workers=cfg.engine.loader_workers, prefetch=cfg.engine.prefetch_factor, pin=pin, position=state,
     )  # fmt: skip
-    if spec.skipped_shards:
-        run.metrics.log({"skipped_shards": len(spec.skipped_shards)}, state.step)
+    skipped = [s for src in blend.sources for s in src.spec.skipped_shards]
+    if skipped:
+        run.metrics.log({"skipped_shards": len(skipped)}, state.step)
+    if start is not None:  # a phase starts with a checkpoint of its own: a restart resumes it, not phase 1
+        state.init_from = start.record()
+        run.metrics.log({"init_from_step": start.step, "init_from_tokens": start.tokens}, state.step)
+        run.ckpt.save(run.engine, state, run.config_yaml)
     mfu = MFU(run.engine.module.config, cfg.logger.peak_tflops, device)
-    return Pretraining(cfg, env, spec, run, masker, batches, pin, mfu)
+    return Pretraining(cfg, env, spec, blend, run, masker, batches, pin, mfu)
 
 
 def pretrain(cfg, env: DistEnv, run_dir: Path, group: str | None = None) -> RunResult:
@@ -209,9 +242,12 @@ def train(p: Pretraining) -> RunResult:
         # One optimizer step: the accumulation window of micro-batches.
         micro = [p.batches.next() for _ in range(run.plan.accumulation)]
         sums, info = engine.train_step(micro, inject_nan=state.step + 1 in cfg.nan.inject_at_steps)
-        # One collective per step: has any rank been signalled, and the step's tokens and samples over all ranks.
-        stop_signal, (tokens, samples) = run.flag.agreed([sums["tokens"], sums["samples"]])
-        count_step(state, micro, sums, info, int(tokens), int(samples))
+        # One collective per step: has any rank been signalled, and the step's tokens and samples (in all and per
+        # source) over all ranks.
+        sources = mix.local_counts(p.blend, micro, info.get("bad_micro"))
+        stop_signal, counts = run.flag.agreed([sums["tokens"], sums["samples"], *sources])
+        count_step(state, micro, sums, info, int(counts[0]), int(counts[1]))
+        mix.add_counts(state, p.blend, counts[2:])
         window.add(sums)
         run.bar.update(1)
 
@@ -282,6 +318,7 @@ def log_window(p: Pretraining, window: Window) -> None:
         "skipped_micro": state.skipped_micro,
         "bad_samples": state.bad_samples,
         "tokens": state.tokens,
+        **mix.train_record(state, p.blend),
         **engine.memory(),
     }
     rec.update(p.mfu(tot, dt, env.world_size))  # on real tokens, each pair's attention on its own length
@@ -303,8 +340,12 @@ def write_summary(p: Pretraining, result: RunResult) -> None:
         "tokens": state.tokens,
         "skipped_steps": state.skipped_steps,
         "bad_samples": state.bad_samples,
-        "skipped_shards": p.spec.skipped_shards,
+        "skipped_shards": [s for src in p.blend.sources for s in src.spec.skipped_shards],
         "checkpoint": p.run.ckpt.latest(),
         **last_validation(p.run.run_dir),  # this start's evaluation, or the run's last (a finished run run again)
     }
+    if len(p.blend.sources) > 1 or len(state.blend.get("seen", {})) > 1:
+        summary["sources"] = mix.summary(state, p.blend)
+    if state.init_from:
+        summary["init_from"] = state.init_from
     (p.run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

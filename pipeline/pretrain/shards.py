@@ -70,9 +70,10 @@ RUN_DATA = "data.json"
 RUN_TOKENIZER = "tokenizer"
 
 
-def keep_in_run_dir(spec: DataSpec, run_dir: Path) -> None:
+def keep_in_run_dir(spec: DataSpec, run_dir: Path, sources: list[dict] | None = None) -> None:
     """Rank 0, at the start of a run: copy the tokenizer into ``run_dir/tokenizer/`` and write ``run_dir/data.json``
-    (vocabulary size, special ids, seq_len, fingerprints, the manifest's summary), so the data directory may move."""
+    (vocabulary size, special ids, seq_len, fingerprints, the manifest's summary, and ``sources`` of a blend: the
+    top-level fields are then the first source's), so the data directory may move."""
     record = {
         "path": str(spec.root.resolve()),
         "seq_len": spec.seq_len,
@@ -84,6 +85,8 @@ def keep_in_run_dir(spec: DataSpec, run_dir: Path) -> None:
         "documents": spec.manifest.get("documents", {}),
         "tokenizer": {k: v for k, v in spec.manifest.get("tokenizer", {}).items() if k != "path"},
     }
+    if sources:
+        record["sources"] = sources
     tok = Path(run_dir) / RUN_TOKENIZER
     old = run_data(run_dir)
     if not (tok.is_dir() and old and old.get("tokenizer_sha256") == spec.tokenizer_sha256):

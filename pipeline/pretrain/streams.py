@@ -35,6 +35,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data_prep import format as records
 from data_prep.format import DataError, Shard
+from pipeline.pretrain.blend import Piece, Plan, blend_order, pass_order
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +65,12 @@ class StreamSettings:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The plan
-
-
-@dataclass(frozen=True)
-class Piece:
-    shard: int  # index into the shard list
-    start: int  # first sample (inclusive) inside the shard
-    stop: int  # end (exclusive)
+# The plan (of one source; blend.py plans several, in the same way)
 
 
 def plan_epoch(sizes: list[int], n_streams: int, epoch: int, seed: int, shuffle: bool) -> tuple[list[list[Piece]], int]:
     """Split one epoch into ``n_streams`` slices of equal sample count. Returns (pieces per stream, samples each)."""
-    order = np.random.default_rng([seed, epoch, 7]).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
+    order = pass_order(len(sizes), epoch, seed, shuffle)
     per_stream = sum(sizes) // n_streams
     streams: list[list[Piece]] = [[] for _ in range(n_streams)]
     s, room = 0, per_stream
@@ -148,6 +142,10 @@ class PretrainStreams(IterableDataset):
     Batch k of the rank comes from the rank's stream ``k % W`` (W streams, one per loader worker) as that stream's
     batch ``k // W``. Starting at k0, loader worker p serves stream ``(k0 + p) % W``, so the DataLoader's
     round-robin over workers yields k0, k0+1, ... exactly.
+
+    ``plan``: the epoch's plan when it is not the single-source default (blend.py's, or the rest of an epoch re-split
+    by elastic.py): per stream, per source, its pieces. A stream reads each source's pieces in order, interleaved by
+    ``blend_order``, so a position in a stream is a position in each of its sources.
     """
 
     def __init__(
@@ -163,38 +161,36 @@ class PretrainStreams(IterableDataset):
         epoch: int,
         start_batch: int = 0,
         tag: int = 0,
-        plan: tuple[list[list[Piece]], int] | None = None,
+        plan: Plan | tuple | None = None,
     ):
         self.shards, self.collate, self.settings = shards, collate, settings
         self.rank, self.world, self.w = rank, world, streams_per_rank
         self.mbs, self.epoch, self.start, self.tag = micro_batch, epoch, start_batch, tag
         self.seed, self.shuffle, self.block = settings.seed, settings.shuffle, settings.shuffle_block
-        # ``plan``: the rest of an epoch re-split after a resume on another layout (pipeline/pretrain/elastic.py).
-        self.pieces, self.per_stream = plan or plan_epoch(
-            [s.samples for s in shards], world * self.w, epoch, self.seed + 1000 * tag, self.shuffle
-        )
+        if plan is None:
+            plan = plan_epoch([s.samples for s in shards], world * self.w, epoch, self.seed + 1000 * tag, self.shuffle)
+        streams, self.per_stream = (plan.streams, plan.per_stream) if isinstance(plan, Plan) else plan
+        # One source's plan (plan_epoch's, or a caller's from before blends): a list of pieces per stream.
+        self.pieces = [st if not st or isinstance(st[0], list) else [st] for st in streams]
+        self.n_sources = max((len(st) for st in self.pieces), default=1)
+        self.owner = np.zeros(len(shards), dtype=np.int64)  # each shard's source, for per-source counts
+        for st in self.pieces:
+            for src, pieces in enumerate(st):
+                for p in pieces:
+                    self.owner[p.shard] = src
         self.batches_per_stream = self.per_stream // micro_batch
         self.batches_per_epoch = self.batches_per_stream * self.w  # per rank
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start)
 
-    def _stream_batches(self, local: int, first_batch: int):
-        """Yield batches ``first_batch..`` of this rank's stream ``local``."""
-        stream = self.rank * self.w + local
-        pieces = self.pieces[stream]
-        # Blocks are whole batches, so that resuming at a batch starts at a batch boundary of its block.
-        bsz = -(-self.block // self.mbs) * self.mbs if self.shuffle and self.block > 0 else self.mbs
-        offset = first_batch * self.mbs
-        block_idx = offset // bsz
-        skip_in_block = offset - block_idx * bsz
+    def _source_samples(self, pieces: list[Piece], pos: int):
+        """((shard, index), sample or None) of one source's pieces from position ``pos`` on. A reader stays open
+        across pieces that go forward in the same shard (a re-split plan has many one-sample pieces)."""
         cum = np.cumsum([0] + [p.stop - p.start for p in pieces])
-
-        def samples_from(pos: int):
-            """((shard, index), sample or None) from position ``pos`` of the stream on. A reader stays open across
-            pieces that go forward in the same shard (a re-split plan has many one-sample pieces)."""
-            i = bisect_right(cum, pos) - 1
-            gen, at = None, (-1, 0)
+        i = bisect_right(cum, pos) - 1
+        gen, at = None, (-1, 0)
+        try:
             while i < len(pieces):
                 p = pieces[i]
                 local_start = p.start + (pos - cum[i])
@@ -209,15 +205,48 @@ class PretrainStreams(IterableDataset):
                     yield (p.shard, k), next(gen)
                 at = (p.shard, p.stop)
                 i, pos = i + 1, cum[i + 1]
+        finally:
             if gen is not None:
                 gen.close()
+
+    def _samples_from(self, stream: int, pos: int):
+        """((shard, index), sample or None) from position ``pos`` of a stream on: its sources interleaved."""
+        sources = self.pieces[stream]
+        if len(sources) == 1:
+            yield from self._source_samples(sources[0], pos)
+            return
+        order = self.order(stream)
+        gens = [self._source_samples(p, int(np.count_nonzero(order[:pos] == s))) for s, p in enumerate(sources)]
+        try:
+            for s in order[pos:].tolist():  # Python ints: a numpy scalar per sample costs more than the lookup
+                yield next(gens[s])
+        finally:
+            for g in gens:
+                g.close()
+
+    def order(self, stream: int) -> np.ndarray:
+        """The source of each position of a stream."""
+        return blend_order(tuple(sum(p.stop - p.start for p in src) for src in self.pieces[stream]))
+
+    def _stream_batches(self, local: int, first_batch: int):
+        """Yield batches ``first_batch..`` of this rank's stream ``local``."""
+        stream = self.rank * self.w + local
+        # Blocks are whole batches, so that resuming at a batch starts at a batch boundary of its block.
+        bsz = -(-self.block // self.mbs) * self.mbs if self.shuffle and self.block > 0 else self.mbs
+        offset = first_batch * self.mbs
+        block_idx = offset // bsz
+        skip_in_block = offset - block_idx * bsz
+        total = sum(p.stop - p.start for src in self.pieces[stream] for p in src)
+
+        def samples_from(pos: int):
+            return self._samples_from(stream, pos)
 
         src = samples_from(block_idx * bsz)
         fallback = None
         pending: list = []  # (sample, was_bad)
         batch_idx, pos = first_batch, block_idx * bsz
         while batch_idx < self.batches_per_stream:
-            block = [next(src) for _ in range(min(bsz, int(cum[-1]) - pos))]
+            block = [next(src) for _ in range(min(bsz, total - pos))]
             pos += len(block)
             good = [x for x in block if x[1] is not None]
             if len(good) < len(block):
@@ -245,6 +274,7 @@ class PretrainStreams(IterableDataset):
                 chunk, pending = pending[: self.mbs], pending[self.mbs :]
                 rng = np.random.default_rng([self.seed, self.tag, self.epoch, stream, batch_idx, 1])
                 batch = self.collate([x[1] for x, _ in chunk], rng)
+                owner = self.owner[[x[0][0] for x, _ in chunk]]
                 batch["meta"] = {
                     **batch.get("meta", {}),
                     "epoch": self.epoch,
@@ -252,11 +282,16 @@ class PretrainStreams(IterableDataset):
                     "batch": batch_idx,
                     "bad_samples": sum(b for _, b in chunk),  # replaced by a good sample of the block
                     "samples": [(self.shards[x[0][0]].name, x[0][1]) for x, _ in chunk],  # identity: (shard, index)
+                    # Per source: samples and real tokens (a sample's token count is its length).
+                    "source_samples": np.bincount(owner, minlength=self.n_sources).tolist(),
+                    "source_tokens": np.bincount(owner, [len(x[1][0]) for x, _ in chunk], self.n_sources)
+                    .astype(np.int64)
+                    .tolist(),
                 }
                 yield batch
                 batch_idx += 1
             block_idx += 1
-            if pos >= cum[-1] and batch_idx < self.batches_per_stream:
+            if pos >= total and batch_idx < self.batches_per_stream:
                 raise AssertionError(f"stream {stream} ran out at batch {batch_idx} of {self.batches_per_stream}")
 
     def _first_good(self, samples_from, n: int, stream: int) -> list:
@@ -268,7 +303,7 @@ class PretrainStreams(IterableDataset):
                 if len(good) == n:
                     break
         if not good:
-            names = sorted({self.shards[p.shard].name for p in self.pieces[stream]})
+            names = sorted({self.shards[p.shard].name for src in self.pieces[stream] for p in src})
             raise DataError(f"no readable sample in stream {stream} (shards {', '.join(names)}); rerun data_prep")
         return good
 
