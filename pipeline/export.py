@@ -109,7 +109,7 @@ def export(run_dir: str | Path, step: int | None = None, output: str | Path | No
             if f.is_file():
                 shutil.copy2(f, out / f.name)
         write_card(out, cfg, state, data, tag)
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # safetensors raises its own SafetensorError, with the OS's error in its text
         if not write_failed(e):
             raise
         raise storage_error(

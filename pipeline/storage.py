@@ -23,6 +23,10 @@ REASONS = {
 }
 # torch's serializer on a failed write (no errno): its stream failed, which on a full disk is the only sign.
 TORCH_WRITE_FAILED = ("iostream error", "unexpected pos", "PytorchStreamWriter failed", "file write failed")
+# Libraries that report the OS's error in their own exception's text (safetensors: "I/O error: No space left on
+# device (os error 28)").
+OS_ERROR_TEXT = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                 "Read-only file system": errno.EROFS}  # fmt: skip
 
 
 class StorageError(RuntimeError):
@@ -34,6 +38,9 @@ def _errno(e: BaseException | None) -> int | None:
     while e is not None and seen < 8:
         if isinstance(e, OSError) and e.errno:
             return e.errno
+        code = next((c for text, c in OS_ERROR_TEXT.items() if text in str(e)), None)
+        if code is not None:
+            return code
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None
 

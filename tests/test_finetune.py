@@ -53,15 +53,15 @@ def test_separable_classification_from_a_pretraining_run_dir(source, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run = tmp_path / "run"
-    p = finetune(
-        run,
+    command = [
         f"model.path={source}",
         *separable_files(tmp_path),
         f"task.data_files.test={tmp_path / 'test.csv'}",
         "global_batch_size=16",
         "epochs=3",
         "optim.lr=1e-3",
-    )
+    ]
+    p = finetune(run, *command)
     # The console: the summary (and warnings), no timestamped INFO lines or library output; those are in the log file.
     assert p.stdout.startswith("finetune custom_classification: 48 steps") and p.stderr == "", p.stdout + p.stderr
     assert "[pipeline.finetune.model][INFO] - new task head" in (run / "__main__.log").read_text()
@@ -99,7 +99,7 @@ def test_separable_classification_from_a_pretraining_run_dir(source, tmp_path):
 
     # The same command on a finished run_dir returns at once and leaves the results alone.
     before = (run / "results.json").read_text()
-    finetune(run, f"model.path={source}", *separable_files(tmp_path), "global_batch_size=16")
+    finetune(run, *command)
     assert (run / "results.json").read_text() == before
 
 

@@ -140,7 +140,8 @@ def test_every_collective_runs_on_the_engines_device_under_nccl(one_rank_group, 
     out = {"loss": 3.0, "mlm_loss": 2.0, "nsp_loss": 1.0, "mlm_correct": 1.0, "mlm_count": 4.0}
     engine = SimpleNamespace(device=device, eval_step=lambda batch: {**out, "nsp_correct": 1.0, "nsp_count": 2.0})
     run = SimpleNamespace(engine=engine, plan=SimpleNamespace(micro_batch=8))  # what evaluate reads of a started run
-    val = evaluate(SimpleNamespace(spec=spec, env=env, cfg=cfg, run=run, masker=masker, pin=False))
+    blend = SimpleNamespace(sources=[SimpleNamespace(name="only", spec=spec)])  # one source
+    val = evaluate(SimpleNamespace(spec=spec, blend=blend, env=env, cfg=cfg, run=run, masker=masker, pin=False))
     assert val["val_loss"] == 3.0 and val["val_mlm_acc"] == 0.25
 
     lock = lock_run_dir(env, tmp_path / "run")

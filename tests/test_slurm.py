@@ -228,8 +228,10 @@ def test_hydra_multirun_on_slurm_runs_each_point_and_collects_a_table(synth_data
 
 
 def test_bad_partition_and_bad_requeue_settings_are_refused(synth_data, tmp_path):
+    # A valid job (its config is checked before the Slurm request), on a partition that does not exist.
+    job = [f"run_dir={tmp_path}", f"data.path={synth_data}"]
     p = subprocess.run(
-        [sys.executable, "-m", "launch.submit", "--partition", "nosuch", "--", f"run_dir={tmp_path}"],
+        [sys.executable, "-m", "launch.submit", "--partition", "nosuch", "--", *job],
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
