@@ -40,6 +40,18 @@ ENTRIES = {
         (),
         "README.md, section 6 (Report)",
     ),
+    "deploy": (
+        "A finetuned model to ONNX fp32 and int8 (and head-pruned), each measured on the validation split.",
+        "python -m pipeline.deploy model.path=FINETUNE_RUN_DIR output=DIR [quantize=int8|none] [prune.heads=F]",
+        ("task",),
+        "pipeline/deploy/README.md",
+    ),
+    "serve": (
+        "Serve a deploy folder over HTTP (onnxruntime, dynamic batching, /v1/predict, /health, /metrics).",
+        "python -m pipeline.serve model.path=DEPLOY_DIR [host=127.0.0.1] [port=8000] [max_batch=32]",
+        (),
+        "pipeline/deploy/README.md",
+    ),
 }
 
 
@@ -52,6 +64,10 @@ def _schema(entry: str) -> type:
         from pipeline.finetune.config import FinetuneConfig
 
         return FinetuneConfig
+    if entry in ("deploy", "serve"):
+        from pipeline.deploy.config import DeployConfig, ServeConfig
+
+        return DeployConfig if entry == "deploy" else ServeConfig
     from pipeline.config import ExportConfig, ReportConfig
 
     return ExportConfig if entry == "export" else ReportConfig
