@@ -34,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from launch.demo_deploy import deploy_best
 from launch.demo_profiles import PROFILES, rehearsal, replace
 from launch.demo_summary import headline
 from launch.stages import ROOT, forward_stop_signals, run
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
+    if (dt := deploy_best([d for d, _ in sweeps.values()], tasks[0], out / "deploy", logs, real_env)) is not None:
+        timings["deploy"] = dt
     run(
         "reports",
         [

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data_prep.format import decode_ids
 from launch.collect import seed_sd
+from launch.demo_deploy import deploy_lines, deploy_record
 
 
 def welch_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -180,6 +181,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     table, verdicts, average = task_table(tasks)
     lines += table
     lines += ["", *(f"**{v}**" for v in verdicts), ""]
+    lines += deploy_lines(out / "deploy")
     lines.append(f"- time: {total:.0f}s after the downloads ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     checks = self_check(tasks, average, profile.targets, total, profile.budget_s) if profile.targets else []
     if checks:
@@ -200,6 +202,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
         "timings_s": timings,
         "total_s": total,
         "checks": [{"check": w, "pass": ok} for w, ok in checks],
+        "deploy": deploy_record(out / "deploy"),
     }
     (out / "demo_results.json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n" + text + f"\n(written to {out / 'demo_summary.md'} and demo_results.json)")

@@ -39,11 +39,11 @@ def runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cls_deploy(runs) -> Path:
-    """A classifier deployed with int8 and half of its heads pruned (3 recovery steps)."""
+    """A classifier deployed with int8, onnxruntime's fusions, and half of its heads pruned (3 recovery steps)."""
     ft = finetune_run(runs, "classification")
     out = runs / "dep_cls"
     run_module("pipeline.deploy", [f"model.path={ft}", f"output={out}", "prune.heads=0.5", "prune.recover_steps=3",
-                                   "prune.samples=64", *QUICK])  # fmt: skip
+                                   "prune.samples=64", "onnx.optimize=true", *QUICK])  # fmt: skip
     return out
 
 
@@ -83,7 +83,7 @@ class Server:
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        ready.wait(60)
+        ready.wait(120)
         found = re.search(r"on (http://127\.0\.0\.1:\d+)", "".join(self.lines))
         assert found, "".join(self.lines)
         self.url = found.group(1)
@@ -342,6 +342,7 @@ def test_a_ner_deploy_serves_entities(ner_deploy):
     r = json.loads((ner_deploy / "deploy.json").read_text())
     assert r["task"]["type"] == "token_classification" and r["task"]["main_metric"] == "f1"
     assert r["source"]["kind"] == "hf_dir" and r["serve"] == "onnx_int8" and r["export"]["parity"]["ok"]
+    assert r["export"]["fused"] == {} and r["prune"] is None  # the defaults: the plain graph, no pruning
     assert r["variants"]["pytorch_fp32"]["metrics"]["f1"] > 0.8
     assert abs(r["variants"]["onnx_int8"]["diff_vs_pytorch_fp32"]) < 0.05
     want = offline(ner_deploy, "onnx_int8")
@@ -359,3 +360,23 @@ def test_a_ner_deploy_serves_entities(ner_deploy):
     for text, g in zip(texts, got):
         for e in g["entities"]:
             assert text[e["start"] : e["end"]] == e["text"] and 0 < e["score"] <= 1
+
+
+def test_the_main_job_deploys_the_pretrained_arms_best_run_and_reports_it(cls_deploy, tmp_path):
+    from launch.demo_deploy import best_pretrained_run, deploy_lines, deploy_record
+
+    runs = {("rt", False, 1): 0.71, ("rt", False, 2): 0.74, ("rt", True, 1): 0.80, ("trec", False, 1): 0.9}
+    for i, ((task, random_init, seed), acc) in enumerate(runs.items()):
+        (tmp_path / "sweep" / str(i)).mkdir(parents=True)
+        r = {"task": task, "main_metric": "accuracy", "validation": {"accuracy": acc}, "seed": seed,
+             "source": {"random_init": random_init}}  # fmt: skip
+        (tmp_path / "sweep" / str(i) / "results.json").write_text(json.dumps(r))
+    assert best_pretrained_run([tmp_path / "sweep"], "rt") == tmp_path / "sweep" / "1"
+    assert best_pretrained_run([tmp_path / "sweep"], "mr") is None
+    v = json.loads((cls_deploy / "deploy.json").read_text())["variants"]
+    d = deploy_record(cls_deploy)
+    assert d["onnx_int8"] == v["onnx_int8"]["main_metric"] and d["pytorch_fp32"] == v["pytorch_fp32"]["main_metric"]
+    assert d["batch1_speedup"] == v["onnx_int8"]["speedup_batch1_vs_pytorch_fp32"]
+    (line,) = deploy_lines(cls_deploy)
+    assert line.startswith("- deploy, int8") and f"{d['batch1_speedup']:.1f}x faster" in line
+    assert deploy_lines(tmp_path) == [] and deploy_record(tmp_path) is None

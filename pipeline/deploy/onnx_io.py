@@ -10,6 +10,7 @@ exporter is the way, and the logits check below is what tells whether an export 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -61,23 +62,18 @@ def optimize(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict[str
     """onnxruntime's transformer optimizer (fusions only, ``opt_level=0``: the session does the rest at load)."""
     from onnxruntime.transformers import optimizer
 
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    opt = optimizer.optimize_model(
-        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
-    )
-    opt.save_model_to_file(str(dst))
-    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    with quiet():
+        opt = optimizer.optimize_model(
+            str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
+        opt.save_model_to_file(str(dst))
+        return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
 def quantize_int8(src: Path, dst: Path, per_channel: bool) -> dict:
     """Dynamic int8: weights of MatMul/Attention/Gather(embeddings) to int8 now, activations at run time."""
-    root = logging.getLogger()  # the quantizer logs a line per tensor on the root logger
-    level = root.level
-    root.setLevel(logging.WARNING)
-    try:
+    with quiet():
         _quantize(src, dst, per_channel)
-    finally:
-        root.setLevel(level)
     return {"weight_type": "QInt8", "per_channel": per_channel, "activations": "uint8, per batch at run time"}
 
 
@@ -94,6 +90,19 @@ def _quantize(src: Path, dst: Path, per_channel: bool) -> None:
         # float, as everything in this graph before quantization.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+@contextlib.contextmanager
+def quiet():
+    """onnxruntime's optimizer and quantizer log a line per fused node or tensor, through loggers named after their
+    bare module names and the root logger: errors only while they run."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def parity(torch_fn, ort_fn, batches: list[dict[str, np.ndarray]], atol: float) -> dict:

@@ -68,7 +68,8 @@ class Encoder:
 
 
 def pad(seqs: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 8) -> dict[str, np.ndarray]:
-    """(ids, type_ids) pairs padded to the longest, rounded up to ``multiple`` as finetuning's collate does."""
+    """(ids, type_ids) pairs padded to the longest, rounded up to ``multiple`` (8 as finetuning's collate; the server
+    pads to the longest exactly, which is faster on a CPU)."""
     n = max(len(ids) for ids, _ in seqs)
     n = (n + multiple - 1) // multiple * multiple
     out = {k: np.zeros((len(seqs), n), dtype=np.int64) for k in INPUTS}
@@ -78,6 +79,23 @@ def pad(seqs: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 8)
         out["attention_mask"][i, : len(ids)] = 1
         out["token_type_ids"][i, : len(types)] = types
     return out
+
+
+def length_groups(lengths: list[int], waste: float = 0.15) -> list[list[int]]:
+    """Indices in sub-batches of similar length, each padded to at most ``1 + waste`` times its real tokens. On a
+    CPU, padding a batch of short texts to its longest costs more than the batch saves (measured in the server:
+    texts of 8-32 tokens, 17 on average, padded to 32 in batches of 32, made batching slower than none)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        if cur and lengths[i] * (len(cur) + 1) > (1 + waste) * (real + lengths[i]):
+            groups.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += lengths[i]
+    return [*groups, cur] if cur else groups
 
 
 def session(path: Path, threads: int):
@@ -156,8 +174,12 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> list[dict]:
         items = self.encoder.encode(texts)
-        logits = self.model(pad([(it.ids, it.type_ids) for it in items], self.encoder.pad_id))
-        return [self.result(text, it, logits[i]) for i, (text, it) in enumerate(zip(texts, items))]
+        out: list[dict] = [{}] * len(items)
+        for group in length_groups([len(it.ids) for it in items]):
+            logits = self.model(pad([(items[i].ids, items[i].type_ids) for i in group], self.encoder.pad_id, 1))
+            for j, i in enumerate(group):
+                out[i] = self.result(texts[i], items[i], logits[j])
+        return out
 
     def result(self, text: str, it: Item, logits: np.ndarray) -> dict:
         if self.type == "classification":
