@@ -159,7 +159,7 @@ def test_deploy_builds_checks_and_measures_every_variant(cls_deploy, runs):
     assert not (runs / "dep_cls.tmp").exists()
 
 
-def test_onnx_fp32_logits_equal_pytorch_and_the_pruned_model_reloads(cls_deploy, runs):
+def test_onnx_fp32_logits_equal_pytorch_and_the_pruned_model_reloads(cls_deploy, runs, tmp_path):
     import torch
     from transformers import AutoTokenizer
 
@@ -177,6 +177,14 @@ def test_onnx_fp32_logits_equal_pytorch_and_the_pruned_model_reloads(cls_deploy,
             ref = model(**{k: torch.from_numpy(x) for k, x in batch.items()}).logits.numpy()
         assert np.abs(OrtModel(cls_deploy / onnx, 1)(batch) - ref).max() <= 1e-4
     assert sum(heads_per_layer(model)) == 4
+
+    # int8 with one scale per output channel: a quarter of the fp32 size, the same labels.
+    from pipeline.deploy.onnx_io import quantize_int8
+
+    quantize_int8(cls_deploy / "model.onnx", tmp_path / "pc.onnx", per_channel=True)
+    fp32, pc = OrtModel(cls_deploy / "model.onnx", 1)(batch), OrtModel(tmp_path / "pc.onnx", 1)(batch)
+    assert (tmp_path / "pc.onnx").stat().st_size < 0.5 * (cls_deploy / "model.onnx").stat().st_size
+    assert (pc.argmax(-1) == fp32.argmax(-1)).all() and np.abs(pc - fp32).max() < 0.25 * np.abs(fp32).max()
 
 
 @pytest.mark.parametrize(
@@ -199,6 +207,21 @@ def test_a_deploy_mistake_is_one_line(runs, args, expected, tmp_path):
     lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected.format(**fill)), p.stdout + p.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model.path=nope"], "error: model.path=nope: no deploy.json there"),
+        (["model.path={dep}", "variant=pytorch_fp32"], "error: variant=pytorch_fp32: not an ONNX variant of"),
+        (["model.path={dep}", "auth_token_env=BERTRUN_NO_SUCH_VAR"], "error: auth_token_env=BERTRUN_NO_SUCH_VAR: the"),
+        (["model.path={dep}", "max_batch=0"], "error: max_batch=0: must be at least 1"),
+    ],
+)
+def test_a_serve_mistake_is_one_line(cls_deploy, args, expected):
+    p = run_module("pipeline.serve", [a.format(dep=cls_deploy) for a in args] + ["port=0"], check=False, timeout=60)
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), p.stdout + p.stderr
 
 
 def test_help_of_deploy_and_serve():

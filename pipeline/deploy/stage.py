@@ -54,6 +54,18 @@ def check_encoder(tokenizer_file: Path, task, split, feats: list[dict]) -> None:
             )
 
 
+def save_model(model, tokenizer, folder: Path) -> None:
+    """config.json, model.safetensors and the tokenizer. Not save_pretrained: through accelerate it imports DeepSpeed
+    (seconds, and a warning on the console) for nothing here."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    model.config.save_pretrained(folder)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, folder / "model.safetensors", {"format": "pt"})
+    tokenizer.save_pretrained(folder)
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors")) if path.is_dir() else path.stat().st_size
 
@@ -117,8 +129,7 @@ def deploy(cfg) -> Path:
         removed = prune.choose(imp, p.heads)
         prune.prune_heads(small, removed)
         losses = prune.recover(small, train, task.type, p.recover_steps, p.recover_lr, p.batch_size, p.seed, pad_id)
-        small.save_pretrained(tmp / "pruned_model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "pruned_model")
+        save_model(small, tokenizer, tmp / "pruned_model")
         runner = TorchRunner(small)
         variants["pruned_pytorch_fp32"] = {"runner": runner, "file": "pruned_model/model.safetensors"}
         ppath, pexp = onnx_io.export_checked(small, runner, tmp, "pruned", checks, cfg, ort)
