@@ -35,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from launch.demo_deploy import deploy_best
 from launch.demo_profiles import PROFILES, rehearsal, replace
 from launch.demo_summary import headline
 from launch.stages import ROOT, forward_stop_signals, run
@@ -234,6 +235,8 @@ def demo(o: dict) -> int:
             for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
+    if (dt := deploy_best([d for d, _ in sweeps.values()], tasks[0], out / "deploy", logs, real_env)) is not None:
+        timings["deploy"] = dt
     for d in [pre, *(d for d, _ in sweeps.values())]:  # plots and report.md of each run and sweep
         name = "pretrain" if d == pre else d.relative_to(out).as_posix().replace("/", "-")
         run(f"report: {name}", [sys.executable, "-m", "pipeline.report", f"run_dir={d}"], logs / f"report-{name}.log")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from data_prep.stats import nsp_majority, unigram_level
 from pipeline.results import suite_average, task_results
+from launch.demo_deploy import deploy_lines, deploy_record
 
 
 def verdict(task: str, metric: str, diff: float, lo: float, hi: float, n: int) -> str:
@@ -102,6 +103,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
     table, verdicts, average = task_table(tasks)
     lines += table
     lines += ["", *(f"**{v}**" for v in verdicts), ""]
+    lines += deploy_lines(out / "deploy")
     lines.append(f"- time: {total:.0f}s after the downloads ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     checks = self_check(tasks, average, profile.targets, total, profile.budget_s) if profile.targets else []
     if checks:
@@ -122,6 +124,7 @@ def headline(out: Path, pre: Path, hf: Path, sweeps: list[Path], profile, timing
         "timings_s": timings,
         "total_s": total,
         "checks": [{"check": w, "pass": ok} for w, ok in checks],
+        "deploy": deploy_record(out / "deploy"),
     }
     (out / "demo_results.json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n" + text + f"\n(written to {out / 'demo_summary.md'} and demo_results.json)")

@@ -64,6 +64,22 @@ STAGES: dict[str, Stage] = {
             "README.md (Stages, 6)",
             "pipeline.config:ReportConfig",
         ),
+        Stage(
+            "deploy",
+            "A finetuned model to ONNX fp32 and int8 (and head-pruned), each measured on the validation split.",
+            "python -m pipeline.deploy model.path=FINETUNE_RUN_DIR output=DIR [quantize=int8|none] [prune.heads=F]",
+            ("task",),
+            "pipeline/deploy/README.md",
+            "pipeline.deploy.config:DeployConfig",
+        ),
+        Stage(
+            "serve",
+            "Serve a deploy folder over HTTP (onnxruntime, dynamic batching, /v1/predict, /health, /metrics).",
+            "python -m pipeline.serve model.path=DEPLOY_DIR [host=127.0.0.1] [port=8000] [max_batch=32]",
+            (),
+            "pipeline/deploy/README.md",
+            "pipeline.deploy.config:ServeConfig",
+        ),
     )
 }
 

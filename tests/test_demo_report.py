@@ -95,6 +95,11 @@ def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tm
     text = (out / "demo_summary.md").read_text()
     assert all(v in text for v in res["verdicts"]) and len(res["verdicts"]) == 3 and str(out / "hf") in text
     assert "| trec | accuracy | 500 |" in text and "| average of 2 tasks | mean per seed |" in p.stdout
+    # The pretrained arm's best Rotten Tomatoes run deployed as int8 (launch/demo_deploy.py), and its headline line.
+    dep = json.loads((out / "deploy" / "deploy.json").read_text())
+    best = max(acc["rotten_tomatoes", False])
+    assert dep["source"]["finetune_validation"]["accuracy"] == best and "onnx_int8" in dep["variants"]
+    assert res["deploy"]["onnx_int8"] == dep["variants"]["onnx_int8"]["main_metric"] and "- deploy, int8" in text
     assert (out / "pretrain" / "report" / "loss.png").read_bytes()[:8] == PNG
     assert (out / "finetune" / "report" / "sweep.png").read_bytes()[:8] == PNG
     # A rerun finds every stage done and only redoes the export and the reports.
@@ -107,6 +112,7 @@ def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tm
         timeout=600,
     )
     assert p.returncode == 0 and "== pretrain" not in p.stdout and "== data_prep" not in p.stdout
+    assert "== deploy" not in p.stdout
 
 
 @pytest.mark.slow
