@@ -12,8 +12,8 @@ import statistics
 from pathlib import Path
 
 from data_prep.stats import nsp_majority, unigram_level
-from pipeline.results import suite_average, task_results
 from launch.demo_deploy import deploy_lines, deploy_record
+from pipeline.results import suite_average, task_results
 
 
 def verdict(task: str, metric: str, diff: float, lo: float, hi: float, n: int) -> str:
