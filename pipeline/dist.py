@@ -16,7 +16,11 @@ import os
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,23 @@ def gather_lists(items: list) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, list(items))
     return [x for part in out for x in part]
+
+
+def on_rank0(rank: int, fn: Callable[[], T], errors: tuple[type[Exception], ...]) -> T | None:
+    """``fn()`` on rank 0 alone (a lock, a conversion); if it raises one of ``errors``, every rank raises it, with
+    rank 0's message, at the same point: no rank goes on into a collective that another has left. Returns ``fn``'s
+    result on rank 0, None elsewhere."""
+    result, failed = None, []
+    if rank == 0:
+        try:
+            result = fn()
+        except errors as e:
+            failed = [(errors.index(next(t for t in errors if isinstance(e, t))), str(e))]
+    failed = gather_lists(failed)
+    if failed:
+        kind, message = failed[0]
+        raise errors[kind](message)
+    return result
 
 
 def _current_device() -> None:

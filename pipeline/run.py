@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointManager, TrainState
 from pipeline.cli import closing_summary, rank
-from pipeline.dist import DistEnv, barrier, detect, gather_lists, shutdown
+from pipeline.dist import DistEnv, barrier, detect, on_rank0, shutdown
 from pipeline.engine import BatchPlan, Engine, convert_to_universal, deepspeed_config, partitioned, write_json
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.optim import build_optimizer, build_scheduler
@@ -75,19 +75,14 @@ class Run:
 def lock_run_dir(env: DistEnv, run_dir: Path) -> RunLock | None:
     """Rank 0 takes ``run_dir``'s lock before any work (see runlock.py); every rank learns the outcome, so a busy
     run_dir stops all of them at once with the holder's name. Returns the lock on rank 0 (None elsewhere)."""
-    lock, refusal = None, []
-    if env.rank == 0:
+
+    def take() -> RunLock:
         lock = RunLock(run_dir)
-        try:
-            previous = lock.acquire()
-            if previous:
-                log.info("took over %s from a run that is gone (pid %s)", lock.path, previous.get("pid"))
-        except RunDirBusy as e:
-            refusal = [str(e)]
-    refusal = gather_lists(refusal)
-    if refusal:
-        raise RunDirBusy(refusal[0])
-    return lock
+        if previous := lock.acquire():
+            log.info("took over %s from a run that is gone (pid %s)", lock.path, previous.get("pid"))
+        return lock
+
+    return on_rank0(env.rank, take, (RunDirBusy,))
 
 
 def start_run(
@@ -125,16 +120,9 @@ def start_run(
     resized = bool(saved) and saved.get("world_size", env.world_size) != env.world_size
     universal = resized and partitioned(ckpt.root / tag)
     if universal:  # another data-parallel size: DeepSpeed's universal checkpoint, converted once by rank 0
-        failed = []
         if env.rank == 0:
             log.info("%s was written by %d ranks; this run has %d", tag, saved["world_size"], env.world_size)
-            try:
-                convert_to_universal(ckpt.root, tag)
-            except RuntimeError as e:
-                failed = [str(e)]
-        failed = gather_lists(failed)
-        if failed:
-            raise RuntimeError(failed[0])
+        on_rank0(env.rank, lambda: convert_to_universal(ckpt.root, tag), (RuntimeError,))
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     universal = universal or (init is not None and init_universal and not tag)

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from pipeline.checkpoint import CheckpointManager
 from pipeline.config import ConfigError
-from pipeline.dist import gather_lists
+from pipeline.dist import on_rank0
 from pipeline.engine import consolidated_state_dict, convert_to_universal, partitioned
 from pipeline.pretrain.shards import run_data
 
@@ -138,15 +138,8 @@ def universal_copy(start: Start, run_dir: Path, rank: int) -> Path | None:
     rank learns the outcome), when its optimizer state is needed and was written partitioned."""
     if not start.optimizer or not partitioned(start.root / start.tag):
         return None
-    out, failed = Path(run_dir) / "init" / "universal", []
-    if rank == 0:
-        try:
-            convert_to_universal(start.root, start.tag, out=out)
-        except RuntimeError as e:
-            failed = [str(e)]
-    failed = gather_lists(failed)
-    if failed:
-        raise RuntimeError(failed[0])
+    out = Path(run_dir) / "init" / "universal"
+    on_rank0(rank, lambda: convert_to_universal(start.root, start.tag, out=out), (RuntimeError,))
     return out
 
 
