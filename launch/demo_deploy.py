@@ -7,6 +7,7 @@ the headline calls ``deploy_lines`` (and ``deploy_record`` for demo_results.json
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def deploy_best(sweeps: list[Path], task: str, out: Path, logs: Path, env: dict)
     """``pipeline.deploy quantize=int8`` of that run into ``out`` (skipped when out/deploy.json exists); its time."""
     src = best_pretrained_run(sweeps, task)
     if src is None or (out / "deploy.json").is_file():
+        return None
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # an offline GPU machine carries no ONNX wheels (bench/gpu_demo.sh: the 64 MiB transfer is full)
+        print(f"\n== deploy: skipped, {' and '.join(missing)} not installed here (pip install onnx onnxruntime)")
         return None
     cmd = [sys.executable, "-m", "pipeline.deploy", f"model.path={src}", f"output={out}", "quantize=int8"]
     return run(f"deploy: {task}'s best pretrained run to ONNX int8, measured", cmd, logs / "deploy.log", env)
