@@ -15,7 +15,8 @@ else
   bash tests/cluster/slurm_up.sh
 fi
 .venv/bin/python -m ruff check .
-# Three workers on 2 cores (BERTRUN_TEST_WORKERS=0 runs serially): the Slurm tests mostly wait on the cluster and most
-# others spend part of their time in one process, so a third worker fills the idle core (pytest 14.1 min vs 15.9 with
-# two, same machine); conftest.py keeps each module, and the Slurm tests, on one worker.
-.venv/bin/python -m pytest -n "${BERTRUN_TEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder "${marker[@]}" "$@"
+# Four workers on 2 cores (BERTRUN_TEST_WORKERS=0 runs serially): the Slurm tests mostly wait on the cluster and most
+# others spend part of their time in one process (starting Python, torch, transformers and DeepSpeed), so extra
+# workers fill the idle core: with three, the cores were busy 1.7 of 2 on average (README.md has the timings);
+# conftest.py keeps each module, and the Slurm tests, on one worker.
+.venv/bin/python -m pytest -n "${BERTRUN_TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder "${marker[@]}" "$@"

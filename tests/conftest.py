@@ -129,7 +129,7 @@ _LONGEST = ("slurm", "test_demo_report", "test_pretrain", "test_elastic", "test_
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
-    """For ``pytest -n 3 --dist loadgroup --no-loadscope-reorder`` (scripts/test.sh): each module runs whole on one
+    """For ``pytest -n 4 --dist loadgroup --no-loadscope-reorder`` (scripts/test.sh): each module runs whole on one
     worker, so its module fixtures (trained runs) are made once, and the longest groups go out first, so the
     workers end near each other. A serial run keeps the order within each module."""
     groups: dict[str, list] = {}

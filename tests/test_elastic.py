@@ -97,7 +97,7 @@ def trained(epoch_data, tmp_path_factory):
     def get(kind, *key):
         if (kind, *key) not in done:
             run = root / "_".join(map(str, (kind, *key)))
-            if kind == "ref":  # ZeRO stages give the same losses (test_pretrain): one reference per precision
+            if kind == "ref":  # ZeRO stages give the same losses (test_multigpu): one reference per precision
                 _train(epoch_data, run, 2, f"engine.precision={key[0]}")
             else:
                 zero, precision, ranks = key
@@ -156,7 +156,7 @@ def test_resume_on_another_world_size_continues_the_run(
 
 def test_zero_stages_give_the_same_losses_without_accumulation(trained):
     """The 2-rank fp32 first segments of ZeRO 0, 1 and 3 equal the ZeRO-2 reference step by step (no gradient
-    accumulation here: test_pretrain.py compares stages 0, 2 and 3 with it)."""
+    accumulation here: tests/zero_matrix.py compares stages 0, 2 and 3 with it, in test_multigpu.py)."""
     ref = train_losses(trained("ref", "fp32"))
     for zero in (0, 1, 3):
         got = train_losses(trained("base", zero, "fp32", 2))

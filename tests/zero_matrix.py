@@ -81,9 +81,9 @@ def matrix(env, device) -> dict:
     """Each configuration's record (rank 0's view), in a started process group."""
     data = batches(env.rank)
     results = {}
-    # fp32 at every stage and world size, and bf16 ZeRO-2 at both, run in other tests (test_pretrain.py,
-    # test_elastic.py, test_validation.py): fp32 ZeRO-0 here is the reference the bf16 stages are compared with.
-    for stage, precision in ((0, "fp32"), (0, "bf16"), (1, "bf16"), (2, "bf16"), (3, "bf16")):
+    # fp32 ZeRO-0 is the reference: fp32 ZeRO-2 and -3 (gradients accumulated into partitioned buffers) equal it,
+    # the bf16 stages track it. ZeRO-1 fp32 without accumulation: test_elastic.py, with the pretraining entry point.
+    for stage, precision in ((0, "fp32"), (2, "fp32"), (3, "fp32"), (0, "bf16"), (1, "bf16"), (2, "bf16"), (3, "bf16")):
         e = engine(stage, precision, env.world_size, device)
         losses = [e.train_step(data[s])[0]["loss"] / ACC for s in range(STEPS - 1)]
         resume = precision == "bf16" and env.world_size > 1  # the optimizers whose state is partitioned per rank
