@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 from pathlib import Path
@@ -98,3 +99,13 @@ def remove_quietly(path: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def finite_or_none(obj):
+    """For strict JSON: a non-finite float (an undefined metric, such as a correlation of constant predictions) becomes
+    null, inside dicts and lists too."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from pipeline.storage import finite_or_none
+
 ORDER = ("pytorch_fp32", "onnx_fp32", "onnx_int8", "pruned_pytorch_fp32", "pruned_onnx_fp32", "pruned_onnx_int8")
 
 
@@ -27,17 +29,9 @@ def finish(variants: dict, main: str) -> None:
         v["throughput_vs_pytorch_fp32"] = v["throughput"]["examples_per_s"] / base["throughput"]["examples_per_s"]
 
 
-def _none_if_nan(obj):
-    if isinstance(obj, dict):
-        return {k: _none_if_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_none_if_nan(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
-
 def write(folder: Path, record: dict, final: Path) -> None:
     """Into ``folder`` (the temporary one); the text names ``final``, where it will be."""
-    (folder / "deploy.json").write_text(json.dumps(_none_if_nan(record), indent=1) + "\n")
+    (folder / "deploy.json").write_text(json.dumps(finite_or_none(record), indent=1) + "\n")
     (folder / "deploy.md").write_text(markdown(record, final))
 
 

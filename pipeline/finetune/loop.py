@@ -31,6 +31,7 @@ from pipeline.finetune.metrics import better, task_score
 from pipeline.finetune.model import build_task_model, materialize, resolve_source, save_hf_model
 from pipeline.finetune.tasks import TaskDataError, collate, featurize, load_task
 from pipeline.run import Run, RunResult, lock_run_dir, start_run
+from pipeline.storage import finite_or_none
 
 log = logging.getLogger("pipeline.finetune")
 
@@ -255,7 +256,7 @@ def finish(f: Finetuning) -> dict:
         results = results_record(cfg, f.run.plan, env, f.src, f.model_path, f.names, f.splits, outputs, validation,
                                  state)  # fmt: skip
         tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(_finite_or_none(results), indent=2))
+        tmp.write_text(json.dumps(finite_or_none(results), indent=2))
         tmp.replace(run_dir / "results.json")
         f.run.metrics.log({f"best_val_{k}": v for k, v in validation.items()}, state.step)
         if cfg.cleanup:  # the DeepSpeed checkpoints only served resume and the best-model reload
@@ -300,12 +301,3 @@ def results_record(cfg, plan, env, src, model_path, names, splits, outputs, vali
         "predictions": {name: f"predictions_{name}.jsonl" for name in outputs},
         "best_model": "best_model",
     }
-
-
-def _finite_or_none(obj):
-    """Strict JSON: an undefined metric (a correlation of constant predictions) is written as null."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
