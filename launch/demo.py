@@ -76,12 +76,10 @@ def parse(argv: list[str]) -> dict:
         raise DemoError(f"profile={name}: expected one of {', '.join(PROFILES)}{guess}; see launch/demo_profiles.py")
     prof = PROFILES[name]
     opts["profile"] = prof
-    if opts["rehearse"] not in (None, "true", "false"):
-        raise DemoError(f"rehearse={opts['rehearse']}: expected true or false")
-    opts["rehearse"] = opts["rehearse"] == "true"
-    if opts["deploy"] not in (None, "true", "false"):
-        raise DemoError(f"deploy={opts['deploy']}: expected true or false")
-    opts["deploy"] = opts["deploy"] != "false"
+    for key, default in (("rehearse", "false"), ("deploy", "true")):
+        if opts[key] not in (None, "true", "false"):
+            raise DemoError(f"{key}={opts[key]}: expected true or false")
+        opts[key] = (opts[key] or default) == "true"
     opts["out"] = opts["out"] or ("checkpoints/demo-rehearsal" if opts["rehearse"] else "checkpoints/demo")
     opts["nproc"] = int(opts["nproc"] or prof.nproc)
     opts["seeds"] = [s for s in (opts["seeds"] or ("1,2" if opts["rehearse"] else "1,2,3")).split(",") if s]
@@ -131,14 +129,15 @@ def check_configs(args: dict, nproc: int = 1) -> None:
     from pipeline.preflight import check_job
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        try:
-            compose(config_name="data_prep", overrides=["input=x", *args["prep"]])
-        except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
-            raise DemoError(f"prep: {one_line(e) or e}") from e
-        try:  # the task comes from the finetune run
-            compose(config_name="deploy", overrides=["model.path=x", "output=x", *args.get("deploy", ())])
-        except Exception as e:  # noqa: BLE001
-            raise DemoError(f"deploy: {one_line(e) or e}") from e
+        # The stages that are not launched jobs: their own config (deploy's task comes from the finetune run).
+        for stage, config, required in (
+            ("prep", "data_prep", ["input=x"]),
+            ("deploy", "deploy", ["model.path=x", "output=x"]),
+        ):
+            try:
+                compose(config_name=config, overrides=[*required, *args.get(stage, ())])
+            except Exception as e:  # noqa: BLE001 - Hydra raises several types; all mean a bad override
+                raise DemoError(f"{stage}: {one_line(e) or e}") from e
     finetunes = [("finetune", [f"task={t}", *a], 1) for t, a in args["finetune"].items()]  # finetune: 1 process
     jobs = [("pretrain", args["pretrain"], nproc), *finetunes]
     for name, overrides, world in jobs:
